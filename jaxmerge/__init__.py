@@ -1,0 +1,33 @@
+"""jaxmerge: recycling LoRA adapters by adaptive merging, in JAX.
+
+Core API::
+
+    base = jaxmerge.load_base("path/or/hub-id", dtype="float32")
+    logits = jaxmerge.forward(base.params, tokens, base.config)           # [B, T, V]
+    out = jaxmerge.generate(base.params, prompts, base.config, max_new_tokens=20)
+"""
+
+from .config import ConfigError, LlamaConfig, RopeConfig
+from .generate import generate
+from .lora import Dense, Factored
+from .model import forward, hidden_states, lm_head
+from .params import Base, CheckpointError, abstract_params, load_base
+from .sharding import ShardingRules, make_mesh
+from .stacks import ModuleStack, Pool
+
+__version__ = "0.1.0"
+
+__all__ = ["Base", "CheckpointError", "ConfigError", "Dense", "Factored", "LlamaConfig", "ModuleStack", "Pool",
+           "RopeConfig", "ShardingRules", "abstract_params", "forward", "generate", "hidden_states", "lm_head",
+           "load_base", "make_mesh"]
+
+
+def __getattr__(name):  # heavier subsystems load on first use
+    import importlib
+    lazy = {"load_pool": ("jaxmerge.pool", "load_pool"), "merge": ("jaxmerge.merge", None),
+            "adaptive": ("jaxmerge.adaptive", None)}
+    if name in lazy:
+        mod, attr = lazy[name]
+        m = importlib.import_module(mod)
+        return getattr(m, attr) if attr else m
+    raise AttributeError(f"module 'jaxmerge' has no attribute {name!r}")

@@ -1,0 +1,75 @@
+"""Greedy decoding with a KV cache, for generation-style evaluation.
+
+Prompts are left-padded ``[B, T]`` with ``attention_mask`` (as transformers expects for decoder-only
+generation). The cache is ``[L, B, T + N, G, K]`` for keys and for values; the prompt is prefilled in
+one pass, then each of the N steps feeds one token. Rows that produced an end token emit ``pad_id``
+afterwards, like transformers' ``generate``.
+
+Einsum letters as in ``jaxmerge.model``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from .config import LlamaConfig
+from .lora import Adapters
+from .model import _decoder, causal_mask, default_positions, lm_head, rope_cos_sin
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id"))
+def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, eos_ids, pad_id):
+    b, t = tokens.shape
+    total = t + max_new_tokens
+    dtype = params["embed_tokens"].dtype
+    shape = (config.num_hidden_layers, b, total, config.num_key_value_heads, config.head_dim)
+    caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    key_valid = jnp.zeros((b, total), bool).at[:, :t].set(attention_mask.astype(bool))
+
+    def step(tok, pos, caches, key_valid, index):
+        x = params["embed_tokens"][tok]
+        cos, sin = rope_cos_sin(pos, config, dtype)
+        mask = causal_mask(index + jnp.arange(tok.shape[1]), key_valid)
+        h, caches = _decoder(params, x, cos, sin, mask, config, adapters, False, caches, index)
+        return jnp.argmax(lm_head(params, h[:, -1]), axis=-1).astype(tokens.dtype), caches
+
+    positions = default_positions(tokens, attention_mask)
+    nxt, caches = step(tokens, positions, caches, key_valid, 0)
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), tokens.dtype)
+
+    def body(carry, i):
+        tok, pos, caches, key_valid, done = carry
+        tok = jnp.where(done, pad_id, tok)
+        done = done | jnp.isin(tok, eos)
+        key_valid = key_valid.at[:, t + i].set(True)
+        nxt, caches = step(tok[:, None], pos[:, None], caches, key_valid, t + i)
+        return (nxt, pos + 1, caches, key_valid, done), tok
+
+    init = (nxt, positions[:, -1] + 1, caches, key_valid, jnp.zeros((b,), bool))
+    _, out = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
+    return out.T
+
+
+def generate(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, max_new_tokens: int = 30,
+             attention_mask: jax.Array | None = None, adapters: Adapters | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None) -> jax.Array:
+    """Greedy continuation ``[B, max_new_tokens]`` of left-padded prompts ``[B, T]`` (jitted).
+
+    ``eos_token_id`` defaults to the config's; after it a row emits ``pad_token_id`` (default: the
+    config's pad id, else the first end id, else 0).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, jnp.int32)
+    if eos_token_id is None:
+        eos_ids = tuple(config.eos_token_id)
+    else:
+        eos_ids = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),)
+    if pad_token_id is None:
+        pad_token_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    return _generate(params, tokens, jnp.asarray(attention_mask), adapters, config, int(max_new_tokens),
+                     eos_ids, int(pad_token_id))

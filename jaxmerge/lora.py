@@ -1,0 +1,91 @@
+"""LoRA deltas as the forward consumes them: the one extension point of the model.
+
+A forward takes ``adapters``: a mapping from module name (``"q_proj"`` … ``"down_proj"``) to a delta
+or a tuple of deltas, each carrying a leading layer axis. Two kinds:
+
+* ``Dense(delta)``      — ΔW per layer, ``delta: [L, out, in]`` (same layout as the base weight).
+* ``Factored(a, b, m)`` — rank-concatenated factors, applied as ``((x·aᵀ) ⊙ m)·bᵀ``:
+  ``a: [L, R, in]``, ``b: [L, out, R]``, ``m: [L, R]`` the per-row multiplier (act(w_i)·s_i for
+  every row of LoRA i; 0 on padding rows). This equals Σ_i m_i·B_i·A_i exactly — no cross terms.
+  With a leading batch axis (``a: [B, L, R, in]``, ``b: [B, L, out, R]``, ``m: [B, L, R]``) each
+  batch row uses its own adapter (batched multi-LoRA evaluation).
+
+Einsum letters: b batch, t tokens, d input features, o output features, r rank rows, l layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Union
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    delta: jax.Array  # [L, out, in]
+
+    def layer_major(self) -> "Dense":
+        return self
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Factored:
+    a: jax.Array  # [L, R, in]   or [B, L, R, in]
+    b: jax.Array  # [L, out, R]  or [B, L, out, R]
+    m: jax.Array  # [L, R]       or [B, L, R]
+
+    @property
+    def batched(self) -> bool:
+        return self.m.ndim == 3
+
+    def layer_major(self) -> "Factored":
+        """Move a batch axis behind the layer axis so that a scan over layers slices it."""
+        if not self.batched:
+            return self
+        return Factored(jnp.moveaxis(self.a, 1, 0), jnp.moveaxis(self.b, 1, 0), jnp.moveaxis(self.m, 1, 0))
+
+    def dense(self) -> jax.Array:
+        """Σ_r m_r·b[:, r]·a[r, :] per layer: ``[L, out, in]`` (unbatched only)."""
+        if self.batched:
+            raise ValueError("dense() of a batched Factored delta is not defined")
+        return jnp.einsum("lor,lrd->lod", self.b * self.m[:, None, :].astype(self.b.dtype), self.a)
+
+
+Delta = Union[Dense, Factored]
+Adapters = Mapping[str, Union[Delta, tuple]]
+
+
+def as_tuple(entry) -> tuple:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def layer_major(adapters: Adapters | None) -> dict:
+    """Prepare adapters for a scan over layers (every leaf gets the layer axis first)."""
+    if not adapters:
+        return {}
+    return {k: tuple(d.layer_major() for d in as_tuple(v)) for k, v in adapters.items()}
+
+
+def apply_linear(x: jax.Array, w: jax.Array, deltas: tuple = ()) -> jax.Array:
+    """``x·(W + Σ ΔW)ᵀ`` for one layer. x: [B, T, in], w: [out, in] → [B, T, out].
+
+    Dense deltas are folded into W (one matmul); factored deltas run as two thin matmuls.
+    """
+    dense = [d for d in deltas if isinstance(d, Dense)]
+    if dense:
+        w = w + sum(d.delta.astype(w.dtype) for d in dense)
+    y = jnp.einsum("btd,od->bto", x, w)
+    for d in deltas:
+        if isinstance(d, Factored):
+            a, b, m = d.a.astype(x.dtype), d.b.astype(x.dtype), d.m.astype(x.dtype)
+            if d.batched:  # a: [B, R, in], b: [B, out, R], m: [B, R]
+                h = jnp.einsum("btd,brd->btr", x, a) * m[:, None, :]
+                y = y + jnp.einsum("btr,bor->bto", h, b)
+            else:  # a: [R, in], b: [out, R], m: [R]
+                h = jnp.einsum("btd,rd->btr", x, a) * m
+                y = y + jnp.einsum("btr,or->bto", h, b)
+    return y

@@ -1,0 +1,170 @@
+"""A pure-functional Llama 3.x: ``forward(params, tokens, config, adapters=...) -> logits``.
+
+Parameters are a plain dict pytree with Hugging Face's names and layouts (``nn.Linear.weight`` is
+``[out, in]``), the per-layer weights stacked on a leading layer axis so that the decoder is one
+``lax.scan``:
+
+    {"embed_tokens": [V, D], "norm": [D], "lm_head": [V, D] (absent when tied),
+     "layers": {"input_layernorm": [L, D], "post_attention_layernorm": [L, D],
+                "self_attn": {"q_proj": [L, H·K, D], "k_proj": [L, G·K, D], "v_proj": [L, G·K, D],
+                              "o_proj": [L, D, H·K]},
+                "mlp": {"gate_proj": [L, F, D], "up_proj": [L, F, D], "down_proj": [L, D, F]}}}
+
+RoPE is transformers' rotate-half form, so checkpoints and LoRA factors map without permutation.
+Numerics follow ``modeling_llama.py``: RMSNorm in float32 then cast back before the weight, softmax in
+float32, cos/sin computed in float32 and cast to the activation dtype.
+
+Einsum letters: b batch, t query tokens, s key tokens, d model dim, h query heads per kv head
+(group), g kv heads, k head dim, v vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import LlamaConfig, RopeConfig
+from .lora import Adapters, apply_linear, layer_major
+
+NEG_INF = -1e30  # finite: a fully masked row (padding queries) gives a uniform, not a NaN, softmax
+
+
+# --- rotary embeddings --------------------------------------------------------------------------
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
+    """Inverse frequencies ``[K/2]`` (float32), with llama3 frequency-dependent scaling."""
+    inv = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    if rope.rope_type == "llama3":
+        l0 = rope.original_max_position_embeddings
+        low_wl, high_wl = l0 / rope.low_freq_factor, l0 / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wl, inv / rope.factor, inv)
+        smooth = (l0 / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, config: LlamaConfig, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin ``[B, T, K]`` for integer positions ``[B, T]``."""
+    inv = jnp.asarray(rope_inv_freq(config.rope, config.head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def _apply_rope(x, cos, sin):  # x: [B, T, heads, K]; cos/sin: [B, T, K]
+    return x * cos[:, :, None, :] + _rotate_half(x) * sin[:, :, None, :]
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    h = x.astype(jnp.float32)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+    return w * h.astype(x.dtype)
+
+
+# --- one decoder layer ---------------------------------------------------------------------------
+def _attention(q, k, v, mask):
+    """q: [B, T, G·H, K]; k, v: [B, S, G, K]; mask: [B, T, S] bool → [B, T, G·H·K]."""
+    b, t, nq, kd = q.shape
+    g = k.shape[2]
+    q = q.reshape(b, t, g, nq // g, kd)
+    scores = jnp.einsum("btghk,bsgk->bghts", q, k, preferred_element_type=jnp.float32) / math.sqrt(kd)
+    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bghts,bsgk->btghk", probs, v)
+    return out.reshape(b, t, nq * kd)
+
+
+def _layer(x, p, deltas, cos, sin, mask, config: LlamaConfig, cache=None, index=None):
+    """One Llama block. x: [B, T, D]; p: this layer's params; deltas: {module: tuple of deltas}.
+
+    With ``cache=(k_cache, v_cache)`` of ``[B, S, G, K]`` the new keys/values are written at
+    ``index`` and attention runs over the whole cache; returns (x, new_cache).
+    """
+    lin = lambda h, group, name: apply_linear(h, p[group][name], deltas.get(name, ()))
+    b, t, _ = x.shape
+    h = rms_norm(x, p["input_layernorm"], config.rms_norm_eps)
+    q = lin(h, "self_attn", "q_proj").reshape(b, t, config.num_attention_heads, config.head_dim)
+    k = lin(h, "self_attn", "k_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
+    v = lin(h, "self_attn", "v_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
+    q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+    if cache is not None:
+        k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+        k, v, cache = k_cache, v_cache, (k_cache, v_cache)
+    x = x + lin(_attention(q, k, v, mask), "self_attn", "o_proj")
+    h = rms_norm(x, p["post_attention_layernorm"], config.rms_norm_eps)
+    h = jax.nn.silu(lin(h, "mlp", "gate_proj")) * lin(h, "mlp", "up_proj")
+    return x + lin(h, "mlp", "down_proj"), cache
+
+
+def _decoder(params, x, cos, sin, mask, config, adapters, remat, caches=None, index=None):
+    """Scan the stacked layers. Returns final-normed hidden states and the updated caches."""
+    def body(h, xs):
+        p, deltas, cache = xs
+        h, cache = _layer(h, p, deltas, cos, sin, mask, config, cache, index)
+        return h, cache
+
+    if remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    x, caches = jax.lax.scan(body, x, (params["layers"], layer_major(adapters), caches))
+    return rms_norm(x, params["norm"], config.rms_norm_eps), caches
+
+
+# --- entry points ---------------------------------------------------------------------------------
+def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    """Positions ``[B, T]``: 0.. for each row's first real token (left padding skipped)."""
+    if attention_mask is None:
+        return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def causal_mask(q_index: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """``[B, T, S]``: key s visible to query t iff s ≤ q_index[t] and the key is a real token."""
+    s = jnp.arange(key_valid.shape[1])
+    return (s[None, None, :] <= q_index[None, :, None]) & key_valid[:, None, :].astype(bool)
+
+
+def hidden_states(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, adapters: Adapters | None = None,
+                  attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+                  remat: bool = False) -> jax.Array:
+    """Final normed hidden states ``[B, T, D]`` (the input of the LM head)."""
+    if positions is None:
+        positions = default_positions(tokens, attention_mask)
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    x = params["embed_tokens"][tokens]
+    cos, sin = rope_cos_sin(positions, config, x.dtype)
+    mask = causal_mask(jnp.arange(tokens.shape[1]), attention_mask)
+    h, _ = _decoder(params, x, cos, sin, mask, config, adapters, remat)
+    return h
+
+
+def lm_head(params: Mapping, h: jax.Array) -> jax.Array:
+    """Logits (float32) ``[..., V]`` from hidden states ``[..., D]``; tied embeddings when no lm_head."""
+    w = params.get("lm_head", params["embed_tokens"])
+    return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+
+
+def forward(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, adapters: Adapters | None = None,
+            attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+            remat: bool = False) -> jax.Array:
+    """Logits ``[B, T, V]`` (float32) of token ids ``[B, T]``.
+
+    ``attention_mask [B, T]`` (1 = real token) handles left or right padding; ``positions [B, T]``
+    default to 0-based counts of real tokens. ``adapters`` adds LoRA deltas (see ``jaxmerge.lora``).
+    Pure and differentiable; jit it with ``config`` static.
+    """
+    h = hidden_states(params, tokens, config, adapters=adapters, attention_mask=attention_mask,
+                      positions=positions, remat=remat)
+    return lm_head(params, h)

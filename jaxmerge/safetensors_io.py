@@ -1,0 +1,105 @@
+"""Reading and writing the safetensors format with NumPy memory maps (bf16 via ml_dtypes).
+
+Reading maps the file and slices it, so a sharded load copies only each device's part; a header
+that points past the end of the file is reported as a truncated file, naming it. Writing is atomic
+(temporary file, then rename). Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Mapping
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    """A file that is not valid safetensors (truncated, bad header, unknown dtype)."""
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """(tensor entries without ``__metadata__``, byte offset where the data starts)."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SafetensorsError(f"{path}: truncated safetensors file (no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise SafetensorsError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file {size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    start = 8 + n
+    for key, e in header.items():
+        if e.get("dtype") not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {key!r} has unsupported dtype {e.get('dtype')!r}")
+        end = e["data_offsets"][1]
+        if start + end > size:
+            raise SafetensorsError(f"{path}: truncated safetensors file: tensor {key!r} ends at byte "
+                                   f"{start + end}, file has {size}")
+    return header, start
+
+
+class SafeFile:
+    """Lazy access to the tensors of one file: ``f.keys()``, ``f.shape(k)``, ``f[k]`` (a memmap view)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.header, self._start = read_header(self.path)
+        self._mm = None
+
+    def keys(self):
+        return self.header.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.header[key]["shape"])
+
+    def dtype(self, key: str) -> np.dtype:
+        return np.dtype(DTYPES[self.header[key]["dtype"]])
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        e = self.header[key]
+        lo, hi = e["data_offsets"]
+        buf = self._mm[self._start + lo: self._start + hi]
+        return buf.view(DTYPES[e["dtype"]]).reshape(e["shape"])
+
+
+def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a file as in-memory NumPy arrays."""
+    f = SafeFile(path)
+    return {k: np.array(f[k]) for k in f.keys()}
+
+
+def save(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
+    """Write tensors atomically, in the format transformers / peft / vLLM read (``format: pt``)."""
+    path = os.fspath(path)
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset, arrays = 0, []
+    for key in sorted(tensors):
+        a = np.ascontiguousarray(tensors[key])
+        if a.dtype not in NAMES:
+            raise SafetensorsError(f"cannot save {key!r} of dtype {a.dtype}")
+        header[key] = {"dtype": NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for a in arrays:
+            f.write(a.tobytes())
+    os.replace(tmp, path)
