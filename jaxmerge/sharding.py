@@ -38,14 +38,18 @@ class ShardingRules:
     adapters: AxisName = None
 
     def spec(self, logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
-        """PartitionSpec for logical axes; with shape and mesh, indivisible dims are replicated."""
-        axes = []
+        """PartitionSpec for logical axes; with shape and mesh, indivisible dims are replicated.
+        A mesh axis claimed by an earlier dim is not used again (replicated instead)."""
+        axes, used = [], set()
         for i, name in enumerate(logical):
             ax = getattr(self, name) if name else None
-            if ax is not None and shape is not None and mesh is not None:
-                size = int(np.prod([mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax)]))
-                if shape[i] % size:
-                    ax = None
+            names = () if ax is None else (ax,) if isinstance(ax, str) else tuple(ax)
+            if used & set(names):  # a mesh axis shards at most one dim: the earlier dim keeps it
+                ax, names = None, ()
+            if names and shape is not None and mesh is not None:
+                if shape[i] % int(np.prod([mesh.shape[a] for a in names])):
+                    ax, names = None, ()
+            used |= set(names)
             axes.append(ax)
         return P(*axes)
 

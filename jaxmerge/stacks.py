@@ -8,6 +8,9 @@ stack holds R = Σ r_i rows, adapter i's rows contiguous at ``offsets[i]:offsets
     scale: [N]           s_i = alpha_i / r_i, or alpha_i / sqrt(r_i) for rsLoRA
     ranks: tuple[int]    static, r_i for this module (0 = adapter lacks the module)
 
+Trailing rows beyond Σ r_i are padding (zero factors, multiplier 0): ``pad_rows`` adds them so that
+R divides a mesh axis when the rank rows are sharded.
+
 Concatenation rather than padding to the largest rank: with the real pool's rank mix a pad to r_max
 does 7.2× the needed work (BUILD_NOTES). A LoRA that lacks a module or a layer has zero rows there
 and so contributes exactly zero. ``present: [N, L]`` records which (adapter, layer) pairs are real,
@@ -53,9 +56,11 @@ class ModuleStack:
 
     def row_multiplier(self, coef: jax.Array) -> jax.Array:
         """``[L, R]`` from per-(adapter, layer) coefficients ``coef [N, L]`` (already activated):
-        m[l, r] = coef[owner(r), l] · scale[owner(r)]."""
+        m[l, r] = coef[owner(r), l] · scale[owner(r)]; 0 on trailing padding rows (``pad_rows``)."""
         own = jnp.asarray(self.owner)
-        return (coef * self.scale[:, None])[own].T
+        m = (coef * self.scale[:, None])[own].T
+        pad = self.a.shape[1] - m.shape[1]
+        return jnp.pad(m, ((0, 0), (0, pad))) if pad else m
 
     def factored(self, coef: jax.Array) -> Factored:
         """The forward's delta Σ_i coef[i, l]·s_i·B_i·A_i in factored form; ``coef: [N, L]``."""
@@ -64,7 +69,7 @@ class ModuleStack:
     def adapter(self, i: int) -> tuple[jax.Array, jax.Array]:
         """Adapter i's own factors: A ``[L, r_i, in]``, B ``[L, out, r_i]`` (static slice)."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
-        return self.a[:, lo:hi], self.b[:, :, lo:hi]
+        return self.a[:, lo:hi], self.b[:, :, lo:hi]  # padding rows are never part of an adapter
 
     def subset(self, indices: Sequence[int]) -> "ModuleStack":
         """The stack of adapters ``indices`` (in that order); gathers rows on the host side index."""
@@ -100,6 +105,20 @@ class Pool:
         return {m: s.factored(coefs[m]) for m, s in self.modules.items()}
 
 
+def pad_rows(stack: ModuleStack, multiple: int) -> ModuleStack:
+    """Append zero rows so that R is a multiple of ``multiple`` (results unchanged: m = 0 there)."""
+    pad = -stack.a.shape[1] % multiple
+    if not pad:
+        return stack
+    if isinstance(stack.a, jax.ShapeDtypeStruct):
+        L, R, d = stack.a.shape
+        o = stack.b.shape[1]
+        return dataclasses.replace(stack, a=jax.ShapeDtypeStruct((L, R + pad, d), stack.a.dtype),
+                                   b=jax.ShapeDtypeStruct((L, o, R + pad), stack.b.dtype))
+    return dataclasses.replace(stack, a=jnp.pad(stack.a, ((0, 0), (0, pad), (0, 0))),
+                               b=jnp.pad(stack.b, ((0, 0), (0, 0), (0, pad))))
+
+
 def stack_logical_axes(module: str) -> dict[str, tuple]:
     """Logical axes of a module stack: A's input and B's output dims sharded like the base W, so
     merges and factored application need no communication beyond W's own."""
@@ -107,3 +126,15 @@ def stack_logical_axes(module: str) -> dict[str, tuple]:
     out_ax, in_ax = module_axes(module)
     return {"a": ("layers", "rank", in_ax), "b": ("layers", out_ax, "rank"), "scale": ("adapters",),
             "present": ("adapters", "layers")}
+
+
+def pool_shardings(pool: Pool, mesh, rules=None) -> Pool:
+    """A Pool-shaped tree of NamedShardings for ``pool`` (arrays or ShapeDtypeStructs) on ``mesh``."""
+    from .sharding import ShardingRules
+    rules = rules or ShardingRules()
+    out = {}
+    for m, s in pool.modules.items():
+        ax = stack_logical_axes(m)
+        out[m] = ModuleStack(*(rules.sharding(mesh, ax[f], getattr(s, f).shape) for f in ("a", "b", "scale", "present")),
+                             s.ranks)
+    return Pool(out, pool.names)

@@ -1,0 +1,184 @@
+"""Compiled memory plans: the coefficient-training step for real shapes, without the weights.
+
+``jaxmerge plan --model llama-3.1-8b --k 30 --devices 1`` builds abstract params and LoRA stacks
+(``ShapeDtypeStruct`` only), lowers and compiles the ``ours`` training step (module-granularity
+leaky-ReLU coefficients, factored application, AdamW, remat per layer) for an N-device mesh —
+simulated on CPU with ``--xla_force_host_platform_device_count`` — and reports XLA's per-device
+memory analysis (arguments, temporaries, outputs), FLOPs per step and an estimated step time at a
+stated device peak and utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+DEFAULT_MFU = 0.4
+
+
+def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: int, dtype):
+    """Lower and compile the ``ours`` step (module-granularity leaky-ReLU coefficients, factored
+    application, AdamW, per-layer remat) on abstract inputs. Returns (compiled, padded abstract pool, mesh)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from . import shapes as shp
+    from .adaptive.space import Tuning
+    from .adaptive.train import answer_loss_sums, make_step, optimizer
+    from .merge.coefficients import coefficient_shape, factored_adapters
+    from .params import abstract_params
+    from .sharding import ShardingRules, make_mesh, param_shardings
+    from .stacks import Pool, pad_rows, pool_shardings
+
+    if jax.device_count() < devices:
+        raise RuntimeError(f"{devices} devices requested, {jax.device_count()} present")
+    mesh = make_mesh(data=devices // tensor, tensor=tensor)
+    rules = ShardingRules(rank="data")  # fsdp-style: the stacks' rank rows are split over data too
+    params = abstract_params(config, dtype)
+    pool = shp.abstract_pool(config, drawn, dtype)
+    pool = Pool({m: pad_rows(st, mesh.shape["data"]) for m, st in pool.modules.items()}, pool.names)
+
+    def loss_fn(w, frozen, mb):
+        adapters = factored_adapters(frozen["pool"], w, "module", "leaky_relu")
+        return answer_loss_sums(frozen["params"], config, mb, adapters, remat=True)
+
+    w = jax.ShapeDtypeStruct(coefficient_shape("module", len(drawn), config.num_hidden_layers, len(pool.modules)),
+                             jnp.float32)
+    opt = optimizer(Tuning(steps=100, batch_size=batch), w)
+    step = make_step(loss_fn, opt)
+    rep = NamedSharding(mesh, P())
+    placed = lambda tree, sh: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                         {"trainable": w, "opt": jax.eval_shape(opt.init, w)})
+    frozen = {"params": placed(params, param_shardings(config, params, mesh, rules)),
+              "pool": placed(pool, pool_shardings(pool, mesh, rules))}
+    tok_sh = NamedSharding(mesh, P(None, rules.batch if batch % mesh.shape["data"] == 0 else None))
+    mb = {k: jax.ShapeDtypeStruct((1, batch, seq), jnp.int32, sharding=tok_sh)
+          for k in ("tokens", "attention_mask", "loss_mask")}
+    with mesh:
+        return step.lower(state, frozen, mb).compile(), pool, mesh
+
+
+def memory(compiled) -> dict:
+    """XLA's per-device memory analysis in bytes, with ``total`` = arguments + temporaries + outputs − aliased."""
+    m = compiled.memory_analysis()
+    d = {"arguments": int(m.argument_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
+         "outputs": int(m.output_size_in_bytes), "aliased": int(m.alias_size_in_bytes)}
+    d["total"] = d["arguments"] + d["temporaries"] + d["outputs"] - d["aliased"]
+    return d
+
+
+def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, batch: int = 8, seq: int = 512,
+         tensor: int = 1, dtype: str = "bfloat16", seed: int = 0, peak_tflops: float = DEFAULT_PEAK_TFLOPS,
+         mfu: float = DEFAULT_MFU) -> dict:
+    """The plan as a dict (see module docstring); ``devices`` devices must exist (``run`` simulates them).
+
+    XLA's CPU backend computes bf16 matmuls in float32 and keeps float32 copies of bf16 weights as
+    temporaries, which no GPU/TPU backend does. For bf16 on CPU the plan therefore also compiles the
+    same step in float32 and reports ``accelerator_estimate_bytes`` = bf16 arguments + the float32
+    compile's temporaries (an upper bound: activations counted at 4 bytes).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from . import shapes as shp
+    from .config import KNOWN, LlamaConfig
+
+    config = KNOWN[model] if model in KNOWN else LlamaConfig.from_json(model)
+    all_shapes, source = shp.load_shapes(pool_shapes)
+    drawn = shp.draw(all_shapes, k, seed)
+    t0 = time.perf_counter()
+    compiled, pool, mesh = compile_step(config, drawn, devices, batch=batch, seq=seq, tensor=tensor,
+                                        dtype=jnp.dtype(dtype))
+    compile_s = time.perf_counter() - t0
+    per_device = memory(compiled)
+    estimate = dict(per_device)
+    if jnp.dtype(dtype) != jnp.float32 and jax.default_backend() == "cpu":
+        f32, _, _ = compile_step(config, drawn, devices, batch=batch, seq=seq, tensor=tensor, dtype=jnp.float32)
+        estimate["temporaries"] = memory(f32)["temporaries"]
+        estimate["total"] = estimate["arguments"] + estimate["temporaries"] + estimate["outputs"] - estimate["aliased"]
+    flops = analytic_flops(config, pool, batch, seq)
+    ranks = [s.r for s in drawn]
+    step_s = flops / devices / (peak_tflops * 1e12 * mfu)
+    return {
+        "model": model, "k": len(drawn), "devices": devices, "mesh": dict(mesh.shape), "batch": batch, "seq": seq,
+        "dtype": dtype, "backend": jax.default_backend(), "pool_shapes": source,
+        "rank_sum_per_module": {m: sum(s.ranks) for m, s in pool.modules.items()},
+        "adapter_params": int(sum(np.prod(s.a.shape) + np.prod(s.b.shape) for s in pool.modules.values())),
+        "ranks": {"min": min(ranks), "max": max(ranks), "mean": float(np.mean(ranks))},
+        "per_device_bytes": per_device, "accelerator_estimate_bytes": estimate,
+        "flops_per_step": flops, "xla_flops_per_device": float((compiled.cost_analysis() or {}).get("flops", -1)),
+        "peak_tflops": peak_tflops, "mfu": mfu, "estimated_step_seconds": step_s,
+        "estimated_100_steps_seconds": 100 * step_s, "compile_seconds": compile_s,
+    }
+
+
+def analytic_flops(config, pool, batch: int, seq: int) -> float:
+    """FLOPs of one coefficient-training step with per-layer remat: forward, recomputed forward and
+    backward (activation gradients ≈ 2× forward; the frozen weights get no gradient).
+
+    Forward per token: 2·Σ(out·in) over projections and the LM head, 4·T·H·K per layer for attention
+    (causal mask not exploited), 2·(in+out)·R per factored module."""
+    c, tokens = config, batch * seq
+    dense = sum(o * i for o, i in map(c.module_shape, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj")))
+    lora = sum(sum(s.ranks) * sum(c.module_shape(m)) for m, s in pool.modules.items())
+    attn = 4 * seq * c.num_attention_heads * c.head_dim
+    per_token_layers = c.num_hidden_layers * (2 * dense + 2 * lora + attn)
+    head = 2 * c.vocab_size * c.hidden_size
+    fwd = tokens * (per_token_layers + head)
+    return float(fwd + tokens * per_token_layers + 2 * fwd)  # forward + remat forward of layers + backward
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="compiled per-device memory plan of the coefficient-training step")
+    p.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json")
+    p.add_argument("--k", type=int, default=30)
+    p.add_argument("--pool-shapes", default=None, help="JSON of adapter shapes (default: the real pool's if found)")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--tensor", type=int, default=1, help="size of the tensor-parallel mesh axis")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import jax
+    if jax.device_count() < args.devices:
+        if os.environ.get("_JAXMERGE_PLAN_CHILD"):
+            raise RuntimeError("could not simulate the requested device count")
+        # Simulate the mesh on CPU: re-run this command in a child with N host devices.
+        env = dict(os.environ, _JAXMERGE_PLAN_CHILD="1", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                              f" --xla_force_host_platform_device_count={args.devices}").strip())
+        return subprocess.call([sys.executable, "-m", "jaxmerge", *sys.argv[1:]], env=env)
+    r = plan(args.model, args.k, args.devices, pool_shapes=args.pool_shapes, batch=args.batch, seq=args.seq,
+             tensor=args.tensor, dtype=args.dtype, seed=args.seed, peak_tflops=args.peak_tflops, mfu=args.mfu)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    b = r["per_device_bytes"]
+    gib = lambda x: f"{x / 2**30:8.2f} GiB"
+    print(f"{r['model']}  k={r['k']}  devices={r['devices']} mesh={r['mesh']}  batch {r['batch']}×{r['seq']}  {r['dtype']}")
+    print(f"pool shapes: {r['pool_shapes']}  ranks {r['ranks']}  adapter params {r['adapter_params'] / 1e9:.2f} B")
+    e = r["accelerator_estimate_bytes"]
+    print(f"  per device  {'compiled (' + r['backend'] + ')':>22}  {'accelerator estimate':>22}")
+    for key in ("arguments", "temporaries", "outputs", "aliased", "total"):
+        print(f"  {key:<12}{gib(b[key]):>22}  {gib(e[key]):>22}")
+    print(f"FLOPs/step {r['flops_per_step'] / 1e12:.1f} T; at {r['peak_tflops']:.0f} TFLOP/s × {r['mfu']:.0%} "
+          f"utilisation: {r['estimated_step_seconds']:.2f} s/step, {r['estimated_100_steps_seconds'] / 60:.1f} min "
+          f"for 100 steps (compiled in {r['compile_seconds']:.1f} s)")
+    return 0
