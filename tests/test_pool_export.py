@@ -1,0 +1,103 @@
+"""Exports load in the real libraries (transformers ``from_pretrained``; peft ``PeftModel.from_pretrained``
+on the base) and give the in-memory merge's logits (1e-4); truncation from factors equals the dense SVD."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxmerge
+from conftest import hf_llama
+from jaxmerge.lora import Dense, Factored
+from jaxmerge.pool import load_pool
+from jaxmerge.pool.cli import merge_deltas
+from jaxmerge.pool.export import export_model, export_peft, truncate_factored
+from test_pool_peft_format import write_adapter
+
+TOL = dict(rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    model = hf_llama(root / "base")
+    write_adapter(model, root / "ads" / "a", seed=1, r=4)
+    write_adapter(model, root / "ads" / "b", seed=2, r=8, lora_alpha=4, use_rslora=True,
+                  target_modules=["q_proj", "v_proj", "down_proj"], layers_to_transform=[0])
+    write_adapter(model, root / "ads" / "c", seed=3, r=2, target_modules=["q_proj", "gate_proj"])
+    base = jaxmerge.load_base(str(root / "base"), dtype="float32")
+    pool, report = load_pool([root / "ads"], base.config, progress=False)
+    assert pool.num_adapters == 3, report.summary()
+    factored = merge_deltas(pool, "linear", weights=[0.5, -1.0, 2.0], factored=True)
+    dense = {m: f.dense() for m, f in factored.items()}
+    tokens = np.random.default_rng(1).integers(3, 128, (2, 16))
+    ours = np.asarray(jaxmerge.forward(base.params, jnp.asarray(tokens), base.config,
+                                       adapters={m: Dense(d) for m, d in dense.items()}))
+    return root, base, factored, dense, tokens, ours
+
+
+def _torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.from_numpy(np.array(tokens))).logits.float().numpy()
+
+
+def test_folded_checkpoint_loads_in_transformers(merged, tmp_path):
+    root, base, _, dense, tokens, ours = merged
+    from transformers import AutoModelForCausalLM
+    export_model(base, dense, str(tmp_path / "model"))
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    np.testing.assert_allclose(_torch_logits(m, tokens), ours, **TOL)
+    reloaded = jaxmerge.load_base(str(tmp_path / "model"), dtype="float32")  # and back into jaxmerge
+    np.testing.assert_allclose(np.asarray(jaxmerge.forward(reloaded.params, jnp.asarray(tokens), base.config)),
+                               ours, **TOL)
+
+
+def _peft_logits(root, adapter_dir, tokens):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(root / "base").eval()
+    return _torch_logits(PeftModel.from_pretrained(m, adapter_dir).eval(), tokens)
+
+
+def test_exact_peft_export_loads_in_peft(merged, tmp_path):
+    root, base, factored, _, tokens, ours = merged
+    export_peft(factored, base.config, str(tmp_path / "peft"))
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    total = max(f.a.shape[1] for f in factored.values())
+    assert cfg["r"] == cfg["lora_alpha"] == total and cfg["target_modules"] == list(factored)
+    np.testing.assert_allclose(_peft_logits(root, tmp_path / "peft", tokens), ours, **TOL)
+
+
+def test_exact_peft_export_from_dense(merged, tmp_path):
+    root, base, _, dense, tokens, ours = merged
+    export_peft(dense, base.config, str(tmp_path / "peft_dense"))
+    np.testing.assert_allclose(_peft_logits(root, tmp_path / "peft_dense", tokens), ours, **TOL)
+
+
+def test_truncated_peft_export_equals_best_rank_k(merged, tmp_path):
+    root, base, factored, _, tokens, _ = merged
+    k = 3
+    for m, f in factored.items():  # QR route = dense SVD's best rank-k approximation
+        B, A = truncate_factored(f, k)
+        u, s, vt = np.linalg.svd(np.asarray(f.dense(), np.float64), full_matrices=False)
+        best = np.einsum("lok,lk,lkd->lod", u[:, :, :k], s[:, :k], vt[:, :k])
+        np.testing.assert_allclose(np.asarray(jnp.einsum("lok,lkd->lod", B, A)), best, rtol=1e-4, atol=1e-5)
+    export_peft(factored, base.config, str(tmp_path / "peft_k"), rank=k)
+    cfg = json.loads((tmp_path / "peft_k" / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == k
+    trunc = {m: Dense(jnp.einsum("lok,lkd->lod", *truncate_factored(f, k))) for m, f in factored.items()}
+    want = np.asarray(jaxmerge.forward(base.params, jnp.asarray(tokens), base.config, adapters=trunc))
+    np.testing.assert_allclose(_peft_logits(root, tmp_path / "peft_k", tokens), want, **TOL)
+
+
+def test_truncation_beyond_min_dim_uses_dense_svd():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(1, 12, 6)), rng.normal(size=(1, 5, 12))   # R=12 ≥ min(5, 6)
+    f = Factored(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.ones((1, 12)))
+    B, A = truncate_factored(f, 2)
+    u, s, vt = np.linalg.svd(b[0] @ a[0])
+    np.testing.assert_allclose(np.asarray(B[0] @ A[0]), (u[:, :2] * s[:2]) @ vt[:2], rtol=1e-4, atol=1e-4)
