@@ -1,0 +1,171 @@
+"""Examples → token arrays through the tokenizer's chat template; the answer-only training loss.
+
+A training row is the chat ``[system?, user = prompt, assistant = answer]`` rendered by
+``tokenizer.apply_chat_template``; its answer tokens are everything after the rendering of the prompt
+with the generation prompt (the answer text and the template's end-of-turn tokens, so the model learns
+to stop). The prefix property is checked for every row.
+
+Loss-mask convention (next-token targets): ``loss_mask[i, t] = 1`` iff ``tokens[i, t + 1]`` is an
+answer token, i.e. the logits at position t are scored against the next token. The last column is 0.
+
+Padding: right for training/scoring rows (``with_answer=True``), left for prompt-only rows fed to
+generation. Lengths are rounded up to a multiple of 8 to bound the number of compiled shapes.
+
+Einsum-free; shapes: n rows, T tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..model import forward
+
+PAD_MULTIPLE = 8
+
+
+def _messages(prompt: str, answer: str | None, system: str | None) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": prompt})
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chat_text(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The rendered prompt with the assistant's generation prompt (the context a model answers from)."""
+    return tokenizer.apply_chat_template(_messages(prompt, None, system), tokenize=False, add_generation_prompt=True)
+
+
+def chat_prefix(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of ``chat_text`` (special tokens come from the template, none are added)."""
+    return _ids(tokenizer, chat_text(tokenizer, prompt, system))
+
+
+def chat_ids(tokenizer, prompt: str, answer: str, system: str | None = None) -> tuple[list[int], int]:
+    """(ids of the whole conversation, number of prompt tokens before the answer)."""
+    prefix = chat_prefix(tokenizer, prompt, system)
+    full = _ids(tokenizer, tokenizer.apply_chat_template(_messages(prompt, answer, system), tokenize=False))
+    if full[:len(prefix)] != prefix:
+        raise ValueError("the chat template renders the prompt differently with and without the answer; "
+                         f"cannot locate the answer tokens (prompt {prompt[:40]!r})")
+    return full, len(prefix)
+
+
+def pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def _round(n: int) -> int:
+    return max(PAD_MULTIPLE, -(-n // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def _truncate(ids: list[int], n_prompt: int, max_len: int, keep_first: bool) -> tuple[list[int], int]:
+    """Drop prompt tokens from the left (keeping a leading BOS) so that the row fits ``max_len``."""
+    excess = len(ids) - max_len
+    if excess <= 0:
+        return ids, n_prompt
+    head = 1 if keep_first else 0
+    if n_prompt - head - excess < 1:
+        raise ValueError(f"a row of {len(ids)} tokens ({len(ids) - n_prompt} answer tokens) cannot fit "
+                         f"max_len={max_len} by truncating its prompt")
+    return ids[:head] + ids[head + excess:], n_prompt - excess
+
+
+def _pack(rows: list[list[int]], spans: list[tuple[int, int]], max_len: int | None, pad: int,
+          left: bool) -> dict[str, np.ndarray]:
+    T = max_len if max_len is not None else _round(max(len(r) for r in rows))
+    n = len(rows)
+    tokens = np.full((n, T), pad, np.int32)
+    attn = np.zeros((n, T), np.int32)
+    loss = np.zeros((n, T), np.int32)
+    for i, (r, (lo, hi)) in enumerate(zip(rows, spans)):
+        off = T - len(r) if left else 0
+        tokens[i, off:off + len(r)] = r
+        attn[i, off:off + len(r)] = 1
+        if hi > lo:  # positions whose next token is in [lo, hi)
+            loss[i, off + lo - 1:off + hi - 1] = 1
+    return {"tokens": tokens, "attention_mask": attn, "loss_mask": loss}
+
+
+def encode(examples: Sequence[Mapping], tokenizer, max_len: int | None, *, with_answer: bool = True,
+           system: str | None = None) -> dict[str, np.ndarray]:
+    """Rows ``{"prompt", "answer"}`` → ``tokens``, ``attention_mask``, ``loss_mask``: int32 ``[n, T]``.
+
+    ``with_answer``: whole conversations, right-padded, loss on the answer tokens (see module docstring);
+    otherwise prompts with the generation prompt, left-padded, ``loss_mask`` all 0. ``max_len=None``
+    pads to the longest row (rounded up to a multiple of 8); longer rows lose prompt tokens from the
+    left (a warning counts them).
+    """
+    if not examples:
+        raise ValueError("encode: no examples")
+    bos = tokenizer.bos_token_id
+    rows, spans, cut = [], [], 0
+    for ex in examples:
+        if with_answer:
+            ids, n_prompt = chat_ids(tokenizer, ex["prompt"], ex["answer"], system)
+        else:
+            ids = chat_prefix(tokenizer, ex["prompt"], system)
+            n_prompt = len(ids)
+        if max_len is not None and len(ids) > max_len:
+            ids, n_prompt = _truncate(ids, n_prompt, max_len, keep_first=bos is not None and ids[0] == bos)
+            cut += 1
+        rows.append(ids)
+        spans.append((n_prompt, len(ids)) if with_answer else (0, 0))
+    if cut:
+        warnings.warn(f"encode: {cut} of {len(rows)} rows longer than max_len={max_len}; prompts truncated on the left")
+    return _pack(rows, spans, max_len, pad_id(tokenizer), left=not with_answer)
+
+
+def encode_choices(examples: Sequence[Mapping], tokenizer, max_len: int | None = None, *,
+                   system: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every (example, choice) pair as one right-padded row, lm-evaluation-harness style: context =
+    the rendered prompt with generation prompt, continuation = the choice text; the continuation's
+    tokens are those of ``tok(context + choice)`` after ``len(tok(context))``. ``loss_mask`` marks them
+    (next-token convention). Returns the batch and ``owner [rows]`` (example index of each row)."""
+    bos = tokenizer.bos_token_id
+    rows, spans, owner = [], [], []
+    for i, ex in enumerate(examples):
+        if not ex.get("choices"):
+            raise ValueError(f"example {i} has no choices; the loglik protocol needs them")
+        ctx = chat_text(tokenizer, ex["prompt"], system)
+        n_ctx = len(_ids(tokenizer, ctx))
+        for choice in ex["choices"]:
+            whole = _ids(tokenizer, ctx + choice)
+            if len(whole) <= n_ctx:
+                raise ValueError(f"choice {choice!r} of example {i} adds no tokens")
+            n_prompt = n_ctx
+            if max_len is not None and len(whole) > max_len:
+                whole, n_prompt = _truncate(whole, n_ctx, max_len, keep_first=bos is not None and whole[0] == bos)
+            rows.append(whole)
+            spans.append((n_prompt, len(whole)))
+            owner.append(i)
+    return _pack(rows, spans, max_len, pad_id(tokenizer), left=False), np.asarray(owner, np.int64)
+
+
+def token_logprobs(params, config, tokens: jax.Array, attention_mask: jax.Array, adapters=None,
+                   remat: bool = False) -> jax.Array:
+    """``[n, T]`` float32: log p(tokens[:, t+1] | tokens[:, ≤t]) at position t; the last column is 0."""
+    logits = forward(params, tokens, config, adapters=adapters, attention_mask=attention_mask, remat=remat)
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.pad(picked, ((0, 0), (0, 1)))
+
+
+def answer_loss(params, config, batch: Mapping[str, jax.Array], adapters=None, remat: bool = False) -> jax.Array:
+    """Mean cross-entropy over ``batch["loss_mask"]`` tokens (a scalar; pure and jittable with
+    ``config`` static). ``batch`` is ``encode(..., with_answer=True)``'s output."""
+    lp = token_logprobs(params, config, batch["tokens"], batch["attention_mask"], adapters, remat)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)

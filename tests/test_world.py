@@ -1,0 +1,171 @@
+"""The embedded world (small size): built by the project's code, cached by recipe, everything in the
+real formats and read back by the real loaders (transformers, AutoTokenizer, PEFT, datasets)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import world as W
+from jaxmerge.config import ATTN_MODULES
+from jaxmerge.lora import Factored
+
+
+def peft_factored(adapter_dir: str, config) -> dict:
+    """A PEFT adapter folder → the forward's ``{module: Factored}`` (independent of jaxmerge's pool
+    loader: read straight from ``adapter_config.json`` and the safetensors keys)."""
+    from safetensors.numpy import load_file
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    t = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    L = config.num_hidden_layers
+    out = {}
+    for m in cfg["target_modules"]:
+        group = "self_attn" if m in ATTN_MODULES else "mlp"
+        o, i = config.module_shape(m)
+        a, b, mul = np.zeros((L, r, i), np.float32), np.zeros((L, o, r), np.float32), np.zeros((L, r), np.float32)
+        for layer in cfg.get("layers_to_transform") or range(L):
+            key = f"base_model.model.model.layers.{layer}.{group}.{m}"
+            a[layer], b[layer], mul[layer] = t[f"{key}.lora_A.weight"], t[f"{key}.lora_B.weight"], s
+        out[m] = Factored(jnp.asarray(a), jnp.asarray(b), jnp.asarray(mul))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    return W.small_world()
+
+
+def test_recipe_identifies_the_world(world, tmp_path):
+    assert os.path.basename(world.root) == f"world-small-{W.recipe_hash(W.recipe('small'))}"
+    assert W.recipe_hash(W.recipe("small", seed=1)) != W.recipe_hash(W.recipe("small"))
+    r = W.recipe("small")
+    r["pool"]["steps"] += 1
+    assert W.recipe_hash(r) != W.recipe_hash(W.recipe("small"))
+    with open(os.path.join(world.root, "recipe.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(W.recipe("small")))
+    assert W.build_world(os.path.dirname(world.root), size="small", progress=False).root == world.root  # cached
+    assert not [p for p in os.listdir(os.path.dirname(world.root)) if p.startswith(".partial-world-small")]
+
+
+def test_pool_variety_of_the_default_recipe():
+    specs = W.recipe("default")["pool"]["specs"]
+    assert len(specs) >= 40 and len({s["family"] for s in specs}) >= 10
+    assert {s["r"] for s in specs} == {4, 8, 16, 32, 64} and len({s["alpha"] for s in specs}) >= 3
+    kinds = {tuple(sorted(s["targets"])) for s in specs}
+    assert {tuple(sorted(v)) for v in W.TARGET_SETS.values()} <= kinds
+    assert any(s["rslora"] for s in specs) and any(s["layers"] for s in specs)
+    d = W.SIZES["default"]
+    assert len(d["targets"]) >= 8 and d["n_test"] >= 200
+    related = [t for t in d["targets"] if t in W.POOL_FAMILIES]
+    assert related and len(related) < len(d["targets"])  # some targets have related LoRAs, some none
+
+
+def test_base_is_a_llama31_that_transformers_loads(world):
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    import jaxmerge
+    tok = AutoTokenizer.from_pretrained(world.base_dir)
+    hf = LlamaForCausalLM.from_pretrained(world.base_dir, dtype=torch.float32).eval()
+    c = hf.config
+    assert c.num_key_value_heads < c.num_attention_heads and not c.tie_word_embeddings
+    rope = getattr(c, "rope_parameters", None) or c.rope_scaling
+    assert rope["rope_type"] == "llama3"
+    text = tok.apply_chat_template([{"role": "user", "content": "what is 3 plus 4 ?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and ids[0] == tok.bos_token_id
+    base = jaxmerge.load_base(world.base_dir, dtype="float32")
+    ours = np.asarray(jaxmerge.forward(base.params, jnp.asarray([ids]), base.config))
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_pool_adapters_load_with_peft_and_match(world):
+    import torch
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+    import jaxmerge
+    base = jaxmerge.load_base(world.base_dir, dtype="float32")
+    ids = jnp.asarray([[base.tokenizer.bos_token_id] + base.tokenizer("what is 3 plus 4 ? 7 red", add_special_tokens=False)["input_ids"]])
+    plain = np.asarray(jaxmerge.forward(base.params, ids, base.config))
+    seen = set()
+    for d in world.good_pool_dirs:
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        kind = (len(cfg["target_modules"]), cfg["use_rslora"], bool(cfg["layers_to_transform"]))
+        if kind in seen:  # one PEFT check per kind of adapter keeps the test quick
+            continue
+        seen.add(kind)
+        model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(world.base_dir, dtype=torch.float32), d)
+        with torch.no_grad():
+            ref = model.eval()(torch.tensor(np.asarray(ids))).logits.numpy()
+        ours = np.asarray(jaxmerge.forward(base.params, ids, base.config, adapters=peft_factored(d, base.config)))
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+        assert np.abs(ref - plain).max() > 1e-3, f"{d} changes nothing"
+    assert {k[0] for k in seen} == {2, 4, 7} and any(k[1] for k in seen) and any(k[2] for k in seen)
+
+
+def _norm(cfg, t):
+    s = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
+    return math.sqrt(sum(float(np.sum((s * t[k.replace("lora_A", "lora_B")].astype(np.float64)
+                                       @ t[k].astype(np.float64)) ** 2)) for k in t if k.endswith("lora_A.weight")))
+
+
+def test_good_adapters_pass_the_papers_filter_and_broken_ones_do_not(world):
+    from safetensors.numpy import load_file
+    import jaxmerge
+    config = jaxmerge.LlamaConfig.from_json(world.base_dir)
+    assert len(world.broken) == 7 and set(world.broken) <= set(world.pool_dirs)
+
+    def defects(d):
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        found = set()
+        if cfg.get("peft_type") != "LORA" or cfg.get("task_type") != "CAUSAL_LM":
+            found.add("type")
+        if cfg.get("use_dora"):
+            found.add("dora")
+        if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+            found.add("rank_pattern")
+        st = os.path.join(d, "adapter_model.safetensors")
+        if not os.path.exists(st):
+            return found | ({".bin"} if os.path.exists(os.path.join(d, "adapter_model.bin")) else {"missing"})
+        t = load_file(st)
+        if any(np.isnan(v).any() for v in t.values()):
+            found.add("nan")
+            return found
+        for k, v in t.items():
+            if k.endswith("lora_A.weight") and v.shape[1] != config.module_shape(k.split(".")[-3])[1]:
+                found.add("shape")
+        if "shape" not in found and not (1 < _norm(cfg, t) <= 1000):
+            found.add("norm")
+        return found
+
+    for d in world.good_pool_dirs:
+        assert defects(d) == set(), d
+    for d, why in world.broken.items():
+        assert defects(d) == {why}, d
+
+
+def test_world_tasks_load_through_datasets(world):
+    from jaxmerge.tasks import load_task
+    assert world.default_task in world.target_tasks
+    for name in world.target_tasks:
+        data = load_task(name, world=world)
+        assert (len(data.train), len(data.validation), len(data.test)) == (80, 20, W.SIZES["small"]["n_test"])
+        assert all(ex["answer"] in ex["choices"] for ex in data.train + data.test)
+        seen = {ex["prompt"] for ex in data.train + data.validation}
+        assert not seen & {ex["prompt"] for ex in data.test}  # knowledge targets: disjoint words; others: prompts
+        in_pool = name in W.POOL_FAMILIES
+        assert bool(world.related[name]) == in_pool
+        assert all(world.adapters[a]["family"] == name for a in world.related[name])
+    assert any(world.related.values()) and not all(world.related.values())
