@@ -7,10 +7,12 @@ or a tuple of deltas, each carrying a leading layer axis. Two kinds:
 * ``Factored(a, b, m)`` — rank-concatenated factors, applied as ``((x·aᵀ) ⊙ m)·bᵀ``:
   ``a: [L, R, in]``, ``b: [L, out, R]``, ``m: [L, R]`` the per-row multiplier (act(w_i)·s_i for
   every row of LoRA i; 0 on padding rows). This equals Σ_i m_i·B_i·A_i exactly — no cross terms.
-  With a leading batch axis (``a: [B, L, R, in]``, ``b: [B, L, out, R]``, ``m: [B, L, R]``) each
-  batch row uses its own adapter (batched multi-LoRA evaluation).
+  With a leading group axis (``a: [G, L, R, in]``, ``b: [G, L, out, R]``, ``m: [G, L, R]``) the
+  batch's B rows are split into G equal consecutive groups and group g uses adapter g (G = B: one
+  adapter per row) — batched multi-LoRA evaluation, with no copy of the factors per example.
 
-Einsum letters: b batch, t tokens, d input features, o output features, r rank rows, l layers.
+Einsum letters: b batch, t tokens, d input features, o output features, r rank rows, l layers,
+g adapter groups, n tokens of one group (its rows × t).
 """
 
 from __future__ import annotations
@@ -34,16 +36,17 @@ class Dense:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Factored:
-    a: jax.Array  # [L, R, in]   or [B, L, R, in]
-    b: jax.Array  # [L, out, R]  or [B, L, out, R]
-    m: jax.Array  # [L, R]       or [B, L, R]
+    a: jax.Array  # [L, R, in]   or [G, L, R, in]
+    b: jax.Array  # [L, out, R]  or [G, L, out, R]
+    m: jax.Array  # [L, R]       or [G, L, R]
 
     @property
     def batched(self) -> bool:
+        """Whether there is a leading group axis (one adapter per group of batch rows)."""
         return self.m.ndim == 3
 
     def layer_major(self) -> "Factored":
-        """Move a batch axis behind the layer axis so that a scan over layers slices it."""
+        """Move a group axis behind the layer axis so that a scan over layers slices it."""
         if not self.batched:
             return self
         return Factored(jnp.moveaxis(self.a, 1, 0), jnp.moveaxis(self.b, 1, 0), jnp.moveaxis(self.m, 1, 0))
@@ -82,9 +85,14 @@ def apply_linear(x: jax.Array, w: jax.Array, deltas: tuple = ()) -> jax.Array:
     for d in deltas:
         if isinstance(d, Factored):
             a, b, m = d.a.astype(x.dtype), d.b.astype(x.dtype), d.m.astype(x.dtype)
-            if d.batched:  # a: [B, R, in], b: [B, out, R], m: [B, R]
-                h = jnp.einsum("btd,brd->btr", x, a) * m[:, None, :]
-                y = y + jnp.einsum("btr,bor->bto", h, b)
+            if m.ndim == 2:  # this layer's slice of a grouped delta: a [G, R, in], b [G, out, R], m [G, R]
+                B, T, _ = x.shape
+                G = m.shape[0]
+                if B % G:
+                    raise ValueError(f"batch of {B} rows is not divisible into {G} adapter groups")
+                xg = x.reshape(G, (B // G) * T, x.shape[-1])
+                h = jnp.einsum("gnd,grd->gnr", xg, a) * m[:, None, :]
+                y = y + jnp.einsum("gnr,gor->gno", h, b).reshape(B, T, -1)
             else:  # a: [R, in], b: [out, R], m: [R]
                 h = jnp.einsum("btd,rd->btr", x, a) * m
                 y = y + jnp.einsum("btr,or->bto", h, b)

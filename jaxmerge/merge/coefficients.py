@@ -2,7 +2,8 @@
 the stacks turn into factored or dense deltas.
 
 Raw coefficient shapes by granularity (N adapters, L layers, M module types of the pool, in
-``pool.modules`` order):
+``jaxmerge.config.MODULES`` order — not ``pool.modules``' dict order, which a jit round trip
+re-sorts):
 
     model    [N]          one per adapter
     layer    [N, L]
@@ -25,7 +26,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from ..config import ATTN_MODULES
+from ..config import ATTN_MODULES, MODULES
 from ..lora import Factored
 from ..stacks import Pool
 
@@ -72,9 +73,14 @@ def expand(w: jax.Array, granularity: str, modules: Sequence[str], num_layers: i
     return out
 
 
+def module_order(pool: Pool) -> tuple[str, ...]:
+    """The pool's module types in canonical (``MODULES``) order: the M axis of module coefficients."""
+    return tuple(m for m in MODULES if m in pool.modules)
+
+
 def module_coefficients(pool: Pool, w: jax.Array, granularity: str, activation: str) -> dict[str, jax.Array]:
     """Raw coefficients → activated per-module ``{module: [N, L]}`` for this pool."""
-    return expand(activate(w, activation), granularity, tuple(pool.modules), pool.num_layers)
+    return expand(activate(w, activation), granularity, module_order(pool), pool.num_layers)
 
 
 def factored_adapters(pool: Pool, w: jax.Array, granularity: str, activation: str) -> dict[str, Factored]:

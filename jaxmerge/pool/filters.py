@@ -74,7 +74,7 @@ def check_norm(norm: float, policy: FilterPolicy) -> str | None:
     if policy.norm_range is not None:
         lo, hi = policy.norm_range
         if not lo < norm <= hi:
-            return f"scaled ‖ΔW‖_F = {norm:.4g} outside ({lo:g}, {hi:g}]"
+            return f"scaled norm ‖ΔW‖_F = {norm:.4g} outside ({lo:g}, {hi:g}]"
     return None
 
 

@@ -181,7 +181,7 @@ def inspect_adapter(folder: str, base: LlamaConfig, policy: FilterPolicy, *, sou
             a = np.asarray(f[ka], np.float32)
             b = np.asarray(f[kb], np.float32)
             if not (np.isfinite(a).all() and np.isfinite(b).all()):
-                raise AdapterError(f"non-finite values in {module_name(layer, module, bare_model)}")
+                raise AdapterError(f"non-finite values (NaN/Inf) in {module_name(layer, module, bare_model)}")
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
             sq += s * s * float(np.sum((b64.T @ b64) * (a64 @ a64.T)))   # ‖s·B·A‖²_F = s²·tr(BᵀB·AAᵀ)
             digest.update(f"{module}.{layer}.{s:.9g}".encode())

@@ -1,0 +1,177 @@
+"""Render a sweep's ``results.jsonl`` as the analogues of the paper's Table 2 and Figures 2–4.
+
+Accuracies are averaged over seeds per task, then over tasks. Figure 2 shows the mean change in
+accuracy (percentage points) against zero-shot and against the target-task LoRA — points, not the
+paper's relative %, because a tiny world's zero-shot accuracy can be 0. Figure 4 shows, per slot of
+the evaluation-selected pool (slot 1 = best evaluation score; with the target LoRA, slot 1 = the
+target LoRA), the share of the learned coefficients: per (module, layer) min–max normalised to
+[0, 1], divided by their sum, averaged over modules and layers (paper §5, Q3).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import numpy as np
+
+LABELS = {"ours": "Ours", "adamerging": "AdaMerging", "pi-tuning": "π-Tuning", "lorahub": "LoraHub",
+          "average": "Simple avg.", "average-all": "Simple avg. (all)", "ties": "TIES", "tsv": "TSV"}
+
+
+def read(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _mean_over_tasks(rows, field="test_accuracy") -> float:
+    by_task = collections.defaultdict(list)
+    for r in rows:
+        by_task[r["spec"]["task"]].append(r[field])
+    return float(np.mean([np.mean(v) for v in by_task.values()])) if by_task else float("nan")
+
+
+def table2(rows: list[dict]) -> str:
+    main = [r for r in rows if r["spec"]["k"] is None and not r["spec"]["random_pool"] and not r["spec"]["selection"]]
+    tasks = sorted({r["spec"]["task"] for r in main})
+    seeds = sorted({r["spec"]["seed"] for r in main})
+    lines = [f"Average test accuracy over {len(tasks)} tasks ({', '.join(tasks)}), seeds {seeds}.", "",
+             "| Method | w/o target LoRA | w/ target LoRA |", "|---|---|---|"]
+    for m in LABELS:
+        sel = [r for r in main if r["spec"]["method"] == m]
+        if not sel:
+            continue
+        cells = [_mean_over_tasks([r for r in sel if r["spec"]["with_target_lora"] == tl]) for tl in (False, True)]
+        k = sel[0].get("k")
+        lines.append(f"| {LABELS[m]} ({k}) | " + " | ".join("–" if np.isnan(c) else f"{c:.3f}" for c in cells) + " |")
+    if main:
+        lines.append(f"| Prompting (zero-shot) | {_mean_over_tasks(main, 'zero_shot_accuracy'):.3f} | |")
+        lines.append(f"| Target-task LoRA | {_mean_over_tasks(main, 'target_lora_accuracy'):.3f} | |")
+    lines += ["", "Per task (w/o / w/ target LoRA):", "",
+              "| Method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for m in LABELS:
+        sel = [r for r in main if r["spec"]["method"] == m]
+        if not sel:
+            continue
+        cells = []
+        for t in tasks:
+            v = [np.mean([r["test_accuracy"] for r in sel if r["spec"]["task"] == t and r["spec"]["with_target_lora"] == tl] or [np.nan])
+                 for tl in (False, True)]
+            cells.append(" / ".join("–" if np.isnan(x) else f"{x:.2f}" for x in v))
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    for name, field in (("Zero-shot", "zero_shot_accuracy"), ("Target LoRA", "target_lora_accuracy")):
+        cells = [f"{np.mean([r[field] for r in main if r['spec']['task'] == t]):.2f}" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fig2(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    main = [r for r in rows if r["spec"]["k"] is None and not r["spec"]["random_pool"] and not r["spec"]["selection"]]
+    methods = [m for m in LABELS if any(r["spec"]["method"] == m for r in main)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, (ref, title) in zip(axes, (("zero_shot_accuracy", "a) vs zero-shot"), ("target_lora_accuracy", "b) vs target-task LoRA"))):
+        x = np.arange(len(methods))
+        for j, tl in enumerate((False, True)):
+            vals = []
+            for m in methods:
+                sel = [r for r in main if r["spec"]["method"] == m and r["spec"]["with_target_lora"] == tl]
+                vals.append(100 * np.mean([r["test_accuracy"] - r[ref] for r in sel]) if sel else np.nan)
+            ax.bar(x + (j - 0.5) * 0.38, vals, 0.38, label="w/ target LoRA" if tl else "w/o target LoRA")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(x, [LABELS[m] for m in methods], rotation=30, ha="right")
+        ax.set_ylabel("mean Δ accuracy (points)")
+        ax.set_title(title)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig3(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sel = [r for r in rows if r["spec"]["method"] == "ours" and r["spec"]["k"] is not None]
+    if not sel:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (selection, rnd), label, color in ((("evaluation", False), "evaluation", "C0"), (("random", False), "random", "C1"),
+                                           (("random", True), "random re-init", "C2")):
+        for tl, style in ((False, ":"), (True, "-")):
+            pts = sorted({r["spec"]["k"] for r in sel})
+            ys = [_mean_over_tasks([r for r in sel if r["spec"]["k"] == k and r["spec"]["selection"] == selection
+                                    and r["spec"]["random_pool"] == rnd and r["spec"]["with_target_lora"] == tl])
+                  for k in pts]
+            ax.plot(pts, ys, style, color=color, marker="o", label=f"{label}, {'w/' if tl else 'w/o'} target")
+    ax.axhline(_mean_over_tasks(sel, "target_lora_accuracy"), color="gray", label="target-task LoRA")
+    ax.set_xlabel("k (LoRAs merged)")
+    ax.set_ylabel("mean test accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def coefficient_shares(path: str) -> np.ndarray:
+    """``[N]`` share of each merged adapter in the learned coefficients (see module docstring)."""
+    z = np.load(path)
+    shares = []
+    for key in z.files:
+        if not key.startswith("coef/"):
+            continue
+        c = z[key]  # [N, L]
+        lo, hi = c.min(axis=0, keepdims=True), c.max(axis=0, keepdims=True)
+        norm = (c - lo) / np.where(hi > lo, hi - lo, 1.0)
+        tot = norm.sum(axis=0, keepdims=True)
+        shares.append(np.where(tot > 0, norm / np.where(tot > 0, tot, 1.0), 1.0 / c.shape[0]).mean(axis=1))
+    return np.mean(shares, axis=0)
+
+
+def fig4(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sel = [r for r in rows if r["spec"]["method"] == "ours" and r["spec"]["k"] is None and r.get("coefficients_path")
+           and os.path.exists(r["coefficients_path"])]
+    if not sel:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, tl in zip(axes, (False, True)):
+        s = [100 * coefficient_shares(r["coefficients_path"]) for r in sel if r["spec"]["with_target_lora"] == tl]
+        if not s:
+            continue
+        n = min(len(x) for x in s)
+        ax.boxplot(np.stack([x[:n] for x in s]), positions=np.arange(1, n + 1))
+        ax.set_xlabel("slot (1 = " + ("target-task LoRA" if tl else "best evaluation score") + ")")
+        ax.set_title(("b) w/" if tl else "a) w/o") + " target-task LoRA")
+    axes[0].set_ylabel("% of coefficients")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def render(out: str, to: str) -> list[str]:
+    rows = read(os.path.join(out, "results.jsonl"))
+    os.makedirs(to, exist_ok=True)
+    written = []
+    p = os.path.join(to, "table2.md")
+    with open(p + ".tmp", "w") as f:
+        f.write(table2(rows))
+    os.replace(p + ".tmp", p)
+    written.append(p)
+    for name, fn in (("fig2.png", fig2), ("fig3.png", fig3), ("fig4.png", fig4)):
+        if fn(rows, os.path.join(to, name)) is not False:
+            written.append(os.path.join(to, name))
+    return written

@@ -1,0 +1,307 @@
+"""``run_method``: one method of the design space on one task, end to end, resumable.
+
+    result = run_method("ours", base, pool, task_data, k=30, seed=0, out_dir="runs/ours")
+
+Steps: (1) the target-task LoRA when the method needs one (in slot 0, or as the reference of a
+similarity selection) — given, or trained here with the target-lora recipe and saved in PEFT format;
+(2) selection of k recycled LoRAs (cached in ``selection.json``), optionally redrawn at random
+(std-matched, target kept), the target inserted at slot 0; (3) tuning — gradient (coefficients),
+joint (coefficients + the LoRAs' A/B + π-tuning's fresh LoRA), gradient-free (nevergrad), a static
+merge, or none; (4) test accuracy of the best state under the task's protocol. Writes
+``coefficients.npz`` and ``result.json`` atomically; a run whose ``result.json`` exists returns it,
+one that was killed resumes from its orbax checkpoints (``train/ckpt``, ``target_lora/train/ckpt``)
+or its nevergrad history (``lorahub.json``).
+
+Trainable state per tuning (N merged adapters, L layers, M module types of the pool):
+    gradient / gradient_free  {"w": coefficient_shape(granularity, N, L, M)}
+    joint                     {"w": …, "a": {module: [L, R, in]}, "b": {module: [L, out, R]}}
+    lora (target-lora)        {"a": {module: [L, 64, in]}, "b": {module: [L, out, 64]}}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..lora import Dense
+from ..merge.coefficients import factored_adapters, module_coefficients
+from ..stacks import ModuleStack, Pool
+from ..tasks import encode, evaluate
+from . import checkpoint as ckpt
+from .lorahub import search
+from .methods import METHODS, method as make_method
+from .space import LoraSpec, Method
+from .target_lora import as_pool, init_lora, load_peft, lora_adapters, save_peft
+from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval
+
+SIMILARITY_SELECTIONS = ("cosine", "clamp", "abs", "quasi_fim")
+
+
+def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data, *, k: int | None = None,
+               seed: int = 0, out_dir: str, steps: int | None = None, target_lora: Any = None,
+               with_target_lora: bool | None = None, random_pool: bool | None = None,
+               target_lora_steps: int | None = None, max_len: int | None = None, eval_batch_size: int = 32,
+               mesh=None, progress: bool = True, **overrides) -> dict:
+    """Run a method; returns (and writes to ``out_dir/result.json``) the result dict.
+
+    base: ``jaxmerge.Base`` (config, params, tokenizer). pool: the recycled LoRAs (None for zero-shot
+    and target-lora). task_data: ``jaxmerge.tasks.TaskData``. k, steps, with_target_lora,
+    random_pool and ``overrides`` (any ``Method`` / ``Tuning`` field, e.g. ``granularity="layer"``,
+    ``lr=1e-2``) adjust the named method. target_lora: a PEFT folder, a one-adapter ``Pool``, or
+    None (trained here when needed, ``target_lora_steps`` overriding the recipe's 400).
+    """
+    m = make_method(name_or_method, k=k, steps=steps, with_target_lora=with_target_lora,
+                    random_pool=random_pool, **overrides)
+    os.makedirs(out_dir, exist_ok=True)
+    task = task_data.task
+    fingerprint = {"method": m.to_dict(), "seed": seed, "task": task.name,
+                   "pool": list(pool.names) if pool is not None else None}
+    done = ckpt.load_json(os.path.join(out_dir, "result.json"))
+    if done is not None:
+        if done.get("fingerprint") != _jsonable(fingerprint):
+            raise RuntimeError(f"{out_dir} holds a different run ({done['method']}, seed {done['seed']}); "
+                               "use another --out")
+        return done
+    old = ckpt.load_json(os.path.join(out_dir, "fingerprint.json"))
+    if old is not None and old != _jsonable(fingerprint):
+        raise RuntimeError(f"{out_dir} holds checkpoints of a different run; use another out_dir")
+    ckpt.save_json(os.path.join(out_dir, "fingerprint.json"), fingerprint)
+
+    t0 = time.time()
+    config, params, tok = base.config, base.params, base.tokenizer
+    keys = dict(zip(("select", "init", "train", "reinit", "target", "fresh"), jax.random.split(jax.random.key(seed), 6)))
+    enc = lambda ex: encode(ex, tok, max_len, system=task.system)
+    train_b, val_b = enc(task_data.train), enc(task_data.validation)
+    result = {"method": m.name, "task": task.name, "k": m.selection.k, "seed": seed,
+              "with_target_lora": m.with_target_lora, "random_pool": m.random_pool, "selection": m.selection.kind,
+              "granularity": m.granularity, "activation": m.activation, "tuning": m.tuning.kind}
+    frozen = {"params": params}
+    arrays: dict[str, Any] = {}
+
+    if m.tuning.kind == "lora":  # the target-task LoRA itself
+        lora, spec, fr = _train_lora(m, base, train_b, val_b, keys["target"], os.path.join(out_dir, "lora"), mesh, progress)
+        adapters, history = lora_adapters(lora, spec.scale), fr.history
+        result.update(best_val_loss=fr.best_val_loss, best_step=fr.best_step, steps=m.tuning.steps,
+                      adapter_path=os.path.join(out_dir, "lora", "adapter"))
+        arrays = ckpt.flatten({"a": lora["a"], "b": lora["b"]})
+    elif m.tuning.kind == "none" and m.static is None:  # zero-shot
+        adapters, history = None, []
+        result.update(best_val_loss=_loss(frozen, lambda tr, fz: None, {}, val_b, config), steps=0)
+    else:
+        if pool is None:
+            raise ValueError(f"method {m.name!r} needs a pool of LoRAs")
+        merged, info = _merged_pool(m, base, pool, task_data, train_b, keys, out_dir, target_lora,
+                                    target_lora_steps, mesh, progress)
+        result.update(info)
+        adapters, history, res, arrays = _tune(m, merged, frozen, config, train_b, val_b, keys, out_dir, mesh, progress)
+        result.update(res)
+        arrays.update(indices=np.asarray(info["indices"]))
+    acc = evaluate(params, config, tok, task_data.test, task.protocol, adapters=adapters,
+                   batch_size=eval_batch_size, max_new_tokens=task.max_new_tokens, system=task.system)
+    coef_path = ckpt.save_npz(os.path.join(out_dir, "coefficients.npz"), arrays) if arrays else None
+    result.update(test_accuracy=float(acc), coefficients_path=coef_path, history=history,
+                  seconds=round(time.time() - t0, 2), fingerprint=_jsonable(fingerprint))
+    result = _jsonable(result)
+    ckpt.save_json(os.path.join(out_dir, "result.json"), result)
+    return result
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, keys, out_dir, target_lora, target_steps,
+                 mesh, progress) -> tuple[Pool, dict]:
+    """Select k recycled LoRAs (+ target in slot 0, + random redraw); the pool to merge and a report."""
+    from ..pool.derive import random_reinit, with_target
+    from .multi_eval import score_pool
+    from .selection import select
+
+    kind = m.selection.kind
+    target = None
+    if m.with_target_lora or kind in SIMILARITY_SELECTIONS:
+        target = _target_pool(base, task_data, target_lora, target_steps, keys["target"],
+                              os.path.join(out_dir, "target_lora"), mesh, progress)
+    k = m.selection.k if m.selection.k is not None else pool.num_adapters
+    path = os.path.join(out_dir, "selection.json")
+    cached = ckpt.load_json(path)
+    if cached is not None:
+        idx = np.asarray(cached["indices"], np.int64)
+    else:
+        scores = None
+        if kind == "evaluation":
+            task = task_data.task
+            if task.protocol == "generate":  # the paper: accuracy of each LoRA alone on the train examples
+                scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
+                                    max_new_tokens=task.max_new_tokens, system=task.system, progress=progress)
+            else:  # multiple choice: minus the answer loss of each LoRA alone
+                scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
+                                    score="loss", progress=progress)
+        idx = select(pool, kind, k, key=keys["select"], target_index=target, eval_scores=scores)
+        ckpt.save_json(path, {"kind": kind, "k": k, "indices": idx.tolist(),
+                              "names": [pool.names[i] for i in idx],
+                              "scores": None if scores is None else np.asarray(scores).tolist()})
+    merged = pool.subset(idx)
+    if m.random_pool:
+        merged = random_reinit(merged, keys["reinit"])
+    if m.with_target_lora:
+        merged = with_target(merged, target)
+    return merged, {"indices": [int(i) for i in idx], "selected": [pool.names[i] for i in idx],
+                    "num_merged": merged.num_adapters}
+
+
+def _target_pool(base, task_data, target_lora, steps, key, out_dir, mesh, progress) -> Pool:
+    """The target-task LoRA as a one-adapter pool: given (Pool or PEFT folder) or trained here."""
+    if isinstance(target_lora, Pool):
+        return target_lora
+    if target_lora is None:
+        peft_dir = os.path.join(out_dir, "adapter")
+        if not os.path.exists(os.path.join(peft_dir, "adapter_config.json")):
+            m = make_method("target-lora", steps=steps)
+            enc = lambda ex: encode(ex, base.tokenizer, None, system=task_data.task.system)
+            _train_lora(m, base, enc(task_data.train), enc(task_data.validation), key, out_dir, mesh, progress)
+        target_lora = peft_dir
+    lora, spec = load_peft(os.fspath(target_lora), base.config)
+    return as_pool(lora, spec.scale, name=f"target:{os.fspath(target_lora)}")
+
+
+def _train_lora(m: Method, base, train_b, val_b, key, out_dir, mesh, progress):
+    """Train a fresh LoRA (the target-lora recipe) and save it in PEFT format under ``out_dir/adapter``."""
+    spec: LoraSpec = m.lora
+    lora = init_lora(base.config, spec, jax.random.fold_in(key, 1))
+    scale = spec.scale
+
+    def loss_fn(tr, fz, batch):
+        return answer_loss_sums(fz["params"], base.config, batch, lora_adapters(tr, scale))
+
+    fr = fit(loss_fn, lora, {"params": base.params}, train_b, val_b, m.tuning, key=key,
+             out_dir=os.path.join(out_dir, "train"), mesh=mesh, progress=progress, desc="target-lora")
+    save_peft(fr.best, spec, base.config, os.path.join(out_dir, "adapter"), base_model=getattr(base, "path", None))
+    return fr.best, spec, fr
+
+
+def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir, mesh, progress):
+    """Tune (or statically merge) ``merged``; (adapters of the best state, history, result fields, arrays)."""
+    if m.static is not None:
+        from ..merge import merge_pool
+        st, n = m.static, merged.num_adapters
+        w = jnp.full((n,), st.weight if st.weight is not None else 1.0 / n, jnp.float32)
+        if st.kind == "average":
+            deltas = merge_pool(merged, "average")
+        elif st.kind == "ties":
+            deltas = merge_pool(merged, "ties", weights=w, density=st.density, sign=st.sign)
+        else:
+            deltas = merge_pool(merged, "tsv", weights=w, tsv_k=st.tsv_k)
+        adapters = {mod: Dense(d) for mod, d in deltas.items()}
+        val = _loss(frozen, lambda tr, fz: tr, adapters, val_b, config)
+        return adapters, [], {"best_val_loss": val, "steps": 0}, {"weights": w}
+
+    n, L, M = merged.num_adapters, merged.num_layers, len(merged.modules)
+    gran, act = m.granularity, m.activation
+    w0 = m.init(m.coefficient_shape(n, L, M), keys["init"])
+    if m.tuning.kind == "joint" and m.fresh_lora is not None:
+        from ..pool.derive import concat
+        fresh = init_lora(config, m.fresh_lora, keys["fresh"], modules=tuple(merged.modules))
+        merged = concat(merged, as_pool(fresh, m.fresh_lora.scale, name="fresh"))
+        n = merged.num_adapters
+        w0 = m.init(m.coefficient_shape(n, L, M), keys["init"])
+    l1 = m.tuning.l1
+    penalty = (lambda tr: l1 * jnp.mean(jnp.abs(tr["w"]))) if l1 else None
+    project = None
+    if m.tuning.bounds is not None:
+        lo, hi = m.tuning.bounds
+        project = lambda tr: {**tr, "w": jnp.clip(tr["w"], lo, hi)}
+
+    if m.tuning.kind == "joint":
+        ranks = {mod: s.ranks for mod, s in merged.modules.items()}
+        trainable = {"w": w0, "a": {mod: s.a for mod, s in merged.modules.items()},
+                     "b": {mod: s.b for mod, s in merged.modules.items()}}
+        fz = {**frozen, "scale": {mod: s.scale for mod, s in merged.modules.items()},
+              "rows": {mod: _row_mask(s) for mod, s in merged.modules.items()}}
+
+        def to_adapters(tr, fz):
+            p = Pool({mod: ModuleStack(tr["a"][mod] * fz["rows"][mod][:, :, None], tr["b"][mod],
+                                       fz["scale"][mod], jnp.ones((len(ranks[mod]), L), bool), ranks[mod])
+                      for mod in ranks}, merged.names)
+            return factored_adapters(p, tr["w"], gran, act)
+        lora_keys = ("a", "b")
+    else:
+        tokens = m.tuning.batch_size * train_b["tokens"].shape[1]
+        choice = choose_application(merged, config, tokens, m.application)
+        trainable, fz, lora_keys = {"w": w0}, {**frozen, "pool": merged}, ()
+
+        def to_adapters(tr, fz, choice=choice):
+            return apply_choice(factored_adapters(fz["pool"], tr["w"], gran, act), choice)
+
+    def loss_fn(tr, fz, batch):
+        return answer_loss_sums(fz["params"], config, batch, to_adapters(tr, fz))
+
+    res: dict[str, Any] = {}
+    if m.tuning.kind == "gradient_free":
+        both = {key: np.concatenate([train_b[key], _pad_to(val_b[key], train_b[key].shape[1])])
+                for key in train_b}
+        ev = make_eval(loss_fn, penalty)
+        all_b = _micro_all(both)
+        sr = search(lambda w: float(ev({"w": jnp.asarray(w, jnp.float32)}, fz, all_b)), np.asarray(w0),
+                    m.tuning, seed=int(jax.random.randint(keys["train"], (), 0, 2**31 - 1)),
+                    history_path=os.path.join(out_dir, "lorahub.json"), progress=progress, desc=m.name)
+        best = {"w": jnp.asarray(sr.best)}
+        res.update(search_best_loss=sr.best_loss, search_init_loss=sr.init_loss, steps=m.tuning.budget,
+                   best_val_loss=_loss(fz, to_adapters, best, val_b, config))
+        history = [(i, l) for i, l in enumerate(sr.losses)]
+    else:
+        fr = fit(loss_fn, trainable, fz, train_b, val_b, m.tuning, key=keys["train"],
+                 out_dir=os.path.join(out_dir, "train"), mesh=mesh, penalty=penalty, project=project,
+                 lora_keys=lora_keys, progress=progress, desc=m.name)
+        best, history = jax.tree.map(jnp.asarray, fr.best), fr.history
+        res.update(best_val_loss=fr.best_val_loss, best_step=fr.best_step, steps=m.tuning.steps,
+                   resumed_from=fr.resumed_from)
+        if m.tuning.kind != "joint":
+            res["application"] = choice
+    # evaluation uses the factored form (exact, and cheap for generation's few tokens)
+    if m.tuning.kind == "joint":
+        adapters = to_adapters(best, fz)
+    else:
+        adapters = factored_adapters(merged, best["w"], gran, act)
+    coefs = module_coefficients(merged, best["w"], gran, act)
+    arrays = {"w": best["w"], **{f"coef/{mod}": c for mod, c in coefs.items()}}
+    if m.tuning.kind == "joint":
+        arrays.update(ckpt.flatten({"a": best["a"], "b": best["b"]}))
+    res["merged_names"] = list(merged.names)
+    return adapters, history, res, arrays
+
+
+def _row_mask(s: ModuleStack) -> jax.Array:
+    """``[L, R]`` 1 on rows of (adapter, layer) pairs that exist: joint tuning keeps absent ones at 0."""
+    return s.present.T[:, jnp.asarray(s.owner, jnp.int32)].astype(s.a.dtype)
+
+
+def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape[1] == T:
+        return x
+    if x.shape[1] > T:
+        raise ValueError("validation rows longer than training rows")
+    return np.pad(x, ((0, 0), (0, T - x.shape[1])))
+
+
+def _micro_all(batch: Mapping[str, np.ndarray], micro: int = 8) -> dict:
+    n = len(batch["tokens"])
+    mb = max(d for d in range(1, min(micro, n) + 1) if n % d == 0)
+    return {k: jnp.asarray(np.asarray(v).reshape(n // mb, mb, -1)) for k, v in batch.items()}
+
+
+def _loss(fz, to_adapters, trainable, batch, config) -> float:
+    """Mean answer loss of one encoded split under ``to_adapters(trainable, fz)``."""
+    ev = make_eval(lambda tr, f, b: answer_loss_sums(f["params"], config, b, to_adapters(tr, f)))
+    return float(ev(trainable, fz, _micro_all(batch)))
+
+
+def _jsonable(x):
+    import json
+    return json.loads(json.dumps(x, default=ckpt._json_default))
+
+
+__all__ = ["run_method", "METHODS"]

@@ -1,0 +1,260 @@
+"""Gradient training of a trainable pytree against a frozen base, resumable (paper App. C; REFERENCE §1).
+
+``fit(loss_fn, trainable, frozen, train, val, tuning, ...)``: optax AdamW (weight decay 0) with a
+cosine schedule and ``tuning.warmup`` linear warmup, effective batch ``tuning.batch_size``
+(gradients accumulated over micro-batches by a ``lax.scan``; the loss is the mean over every answer
+token of the effective batch, not a mean of micro-batch means), the validation loss at step 0 and
+every ``tuning.eval_every`` steps, the state with the lowest validation loss kept. One jitted step,
+the trainable + optimizer state donated; the frozen pytree (base params, pool stacks) is an argument
+that is never written, so it is bit-identical afterwards. With ``out_dir`` every evaluation is
+followed by an orbax checkpoint; a restarted run resumes from the latest one and, the batches being
+a pure function of (seed, step), ends with exactly the state of an uninterrupted run.
+
+``loss_fn(trainable, frozen, batch) -> (sum of token losses, token count)``; ``answer_loss_sums``
+is the causal-LM one. Merged adapters reach the forward factored or dense, whichever costs fewer
+FLOPs per step for the shapes at hand (``application_cost``).
+
+Shapes: n examples, T tokens; batches on device are ``[micro-batches, micro, T]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..config import LlamaConfig
+from ..lora import Dense, Factored
+from ..tasks.encode import token_logprobs
+from . import checkpoint as ckpt
+from .space import Tuning
+
+Batch = Mapping[str, Any]  # {"tokens": [n, T] int32, "attention_mask": [n, T], "loss_mask": [n, T]}
+
+
+# --- the loss --------------------------------------------------------------------------------------
+def answer_loss_sums(params, config: LlamaConfig, batch: Batch, adapters=None, remat: bool = False):
+    """(Σ cross-entropy over answer tokens, number of answer tokens) of a batch encoded by
+    ``jaxmerge.tasks.encode`` (``loss_mask[b, t] = 1`` iff token t + 1 is an answer token). Sums, not
+    a mean, so that micro-batches add up to the effective batch's token mean exactly."""
+    lp = token_logprobs(params, config, batch["tokens"], batch["attention_mask"], adapters, remat)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return -jnp.sum(lp * mask), jnp.sum(mask)
+
+
+# --- factored or dense ---------------------------------------------------------------------------
+def application_cost(pool, config: LlamaConfig, tokens_per_step: int, train_factors: bool = False) -> dict:
+    """FLOPs per training step of the merged LoRA terms, per module: ``{module: {"factored", "dense"}}``.
+
+    With N tokens, R concatenated rank rows and a (out, in) projection, per layer:
+    factored = forward 2NR(in+out) + backward 2NR(in+out) (+ 2NR(in+out) for dA, dB when the factors
+    train); dense = build ΔW 2·out·in·R + the weight gradient dyᵀx 2N·out·in that the factored path
+    never forms + its contraction with the factors 2·out·in·R (twice when the factors train).
+    """
+    out = {}
+    for m, s in pool.modules.items():
+        o, i = config.module_shape(m)
+        L, R, N = s.a.shape[0], s.a.shape[1], tokens_per_step
+        fac = (6 if train_factors else 4) * N * R * (i + o)
+        den = (6 if train_factors else 4) * o * i * R + 2 * N * o * i
+        out[m] = {"factored": L * fac, "dense": L * den}
+    return out
+
+
+def choose_application(pool, config: LlamaConfig, tokens_per_step: int, application: str = "auto",
+                       train_factors: bool = False) -> dict[str, str]:
+    """``{module: "factored" | "dense"}``: the given application, or per module the cheaper one."""
+    if application != "auto":
+        return {m: application for m in pool.modules}
+    cost = application_cost(pool, config, tokens_per_step, train_factors)
+    return {m: min(c, key=c.get) for m, c in cost.items()}
+
+
+def apply_choice(adapters: Mapping[str, Factored], choice: Mapping[str, str]) -> dict:
+    """Factored adapters → the chosen form per module (``Dense`` materialises Σ m·B·A)."""
+    return {m: Dense(f.dense()) if choice.get(m) == "dense" else f for m, f in adapters.items()}
+
+
+# --- optimiser, batches --------------------------------------------------------------------------
+def optimizer(tuning: Tuning, trainable: Mapping, lora_keys: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """AdamW (wd 0) on a warmup-cosine schedule; top-level keys in ``lora_keys`` use ``tuning.lora_lr``."""
+    def adamw(lr):
+        sched = optax.warmup_cosine_decay_schedule(0.0, lr, int(tuning.warmup * tuning.steps),
+                                                   max(tuning.steps, 1), 0.0)
+        return optax.adamw(sched, weight_decay=0.0)
+
+    if not lora_keys or tuning.lora_lr is None:
+        return adamw(tuning.lr)
+    labels = {k: ("lora" if k in lora_keys else "coef") for k in trainable}
+    return optax.multi_transform({"coef": adamw(tuning.lr), "lora": adamw(tuning.lora_lr)}, labels)
+
+
+def batch_indices(key: jax.Array, step: int, n: int, batch_size: int) -> np.ndarray:
+    """Example indices of step ``step``: consecutive slices of per-epoch permutations (a pure
+    function of key and step, so a resumed run draws exactly the batches it would have)."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = pos // n
+    out = np.empty(batch_size, np.int64)
+    for e in np.unique(epochs):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(e)), n))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def _micro(batch: Batch, idx: np.ndarray, micro: int) -> dict:
+    """Gather rows ``idx`` and split them into ``[batch/micro, micro, T]`` micro-batches."""
+    return {k: np.asarray(v)[idx].reshape(len(idx) // micro, micro, -1) for k, v in batch.items()}
+
+
+def _place(batch: dict, mesh) -> dict:
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    out = {}
+    for k, v in batch.items():
+        ax = "data" if v.shape[1] % mesh.shape["data"] == 0 else None
+        out[k] = jax.device_put(v, NamedSharding(mesh, P(None, ax)))
+    return out
+
+
+# --- the step ------------------------------------------------------------------------------------
+def make_step(loss_fn: Callable, opt: optax.GradientTransformation, penalty: Callable | None = None,
+              project: Callable | None = None):
+    """``step(state, frozen, batch) -> (state, loss)`` with ``state = {"trainable", "opt"}`` and
+    ``batch`` leaves ``[micro-batches, micro, T]``; jitted, ``state`` donated."""
+    def step(state, frozen, batch):
+        trainable = state["trainable"]
+        grad_fn = jax.value_and_grad(lambda tr, mb: loss_fn(tr, frozen, mb), has_aux=True)
+
+        def body(carry, mb):
+            (s, c), g = grad_fn(trainable, mb)
+            return (carry[0] + s, carry[1] + c, jax.tree.map(jnp.add, carry[2], g)), None
+
+        zero = jax.tree.map(jnp.zeros_like, trainable)
+        (s, c, g), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0), zero), batch)
+        c = jnp.maximum(c, 1.0)
+        loss, grads = s / c, jax.tree.map(lambda x: x / c, g)
+        if penalty is not None:
+            p, pg = jax.value_and_grad(penalty)(trainable)
+            loss, grads = loss + p, jax.tree.map(jnp.add, grads, pg)
+        updates, opt_state = opt.update(grads, state["opt"], trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        if project is not None:
+            trainable = project(trainable)
+        return {"trainable": trainable, "opt": opt_state}, loss
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval(loss_fn: Callable, penalty: Callable | None = None):
+    """``evaluate(trainable, frozen, batch) -> mean token loss (+ penalty)`` over micro-batches (jitted)."""
+    def evaluate(trainable, frozen, batch):
+        def body(carry, mb):
+            s, c = loss_fn(trainable, frozen, mb)
+            return (carry[0] + s, carry[1] + c), None
+        (s, c), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batch)
+        loss = s / jnp.maximum(c, 1.0)
+        return loss + penalty(trainable) if penalty is not None else loss
+    return jax.jit(evaluate)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    best: Any                  # trainable pytree with the lowest validation loss (host arrays)
+    final: Any                 # trainable after the last step
+    best_val_loss: float
+    best_step: int
+    steps: int
+    history: list              # [(step, val_loss)]
+    resumed_from: int | None   # step restored from a checkpoint, if any
+
+
+def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch, tuning: Tuning, *,
+        key: jax.Array, out_dir: str | None = None, mesh=None, penalty: Callable | None = None,
+        project: Callable | None = None, lora_keys: tuple[str, ...] = (), progress: bool = True,
+        desc: str = "train") -> FitResult:
+    """Train ``trainable`` for ``tuning.steps`` steps; see the module docstring.
+
+    ``train`` / ``val``: encoded examples (``[n, T]`` arrays). ``key``: the run's RNG key (batches).
+    ``out_dir``: checkpoint folder (resumes from it). ``penalty(trainable)`` is added to the loss;
+    ``project(trainable)`` is applied after each update (e.g. clipping to a box). The validation loss
+    that selects the best state is the plain answer loss (no penalty).
+    """
+    steps, bs = tuning.steps, tuning.batch_size
+    micro = tuning.micro_batch or bs
+    n_train = len(np.asarray(train["tokens"]))
+    opt = optimizer(tuning, trainable, lora_keys)
+    step_fn, eval_fn = make_step(loss_fn, opt, penalty, project), make_eval(loss_fn)  # validation: the plain loss
+    n_val = len(np.asarray(val["tokens"]))
+    vm = max(d for d in range(1, min(micro, n_val) + 1) if n_val % d == 0)
+    val_b = _place(_micro(val, np.arange(n_val), vm), mesh)
+
+    trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable)  # the step donates its buffers
+    n_hist = steps // max(tuning.eval_every, 1) + 2
+    state = {"trainable": trainable, "opt": opt.init(trainable), "step": jnp.int32(0),
+             "key": jax.random.key_data(key), "best": trainable, "best_val": jnp.float32(np.inf),
+             "best_step": jnp.int32(0), "history": jnp.full((n_hist, 2), np.nan, jnp.float32)}
+    mngr = ckpt.manager(os.path.join(out_dir, "ckpt")) if out_dir else None
+    resumed = None
+    if mngr is not None:
+        restored = ckpt.restore_latest(mngr, state)
+        if restored is not None:
+            state, resumed = restored, int(restored["step"])
+    key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
+    hist = np.asarray(state["history"]).copy()
+    best, best_val, best_step = state["best"], float(state["best_val"]), int(state["best_step"])
+    run = {"trainable": state["trainable"], "opt": state["opt"]}
+    start = int(state["step"])
+
+    def evaluate(s):
+        nonlocal best, best_val, best_step
+        v = float(eval_fn(run["trainable"], frozen, val_b))
+        row = int(np.sum(~np.isnan(hist[:, 0])))
+        hist[row] = (s, v)
+        if v < best_val:
+            # a host copy that owns its memory: np.asarray of a CPU jax array may alias the device
+            # buffer, which the next (donating) step overwrites
+            best, best_val, best_step = jax.tree.map(lambda x: np.asarray(x).copy(), run["trainable"]), v, s
+        return v
+
+    def checkpoint(s):
+        if mngr is not None:
+            ckpt.save(mngr, s, {"trainable": run["trainable"], "opt": run["opt"], "step": jnp.int32(s),
+                                "key": jax.random.key_data(key), "best": best, "best_val": jnp.float32(best_val),
+                                "best_step": jnp.int32(best_step), "history": jnp.asarray(hist)})
+
+    if start == 0 and np.isnan(hist[0, 0]):
+        evaluate(0)
+        checkpoint(0)
+    bar = _bar(progress, steps, start, desc)
+    loss = float("nan")
+    for s in range(start, steps):
+        idx = batch_indices(key, s, n_train, bs)
+        run, loss = step_fn(run, frozen, _place(_micro(train, idx, micro), mesh))
+        done = s + 1
+        if done % tuning.eval_every == 0 or done == steps:
+            v = evaluate(done)
+            checkpoint(done)
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss):.4f}", val=f"{v:.4f}", best=f"{best_val:.4f}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    history = [(int(a), float(b)) for a, b in hist if not np.isnan(a)]
+    return FitResult(best=jax.tree.map(np.asarray, best), final=jax.tree.map(np.asarray, run["trainable"]),
+                     best_val_loss=best_val, best_step=best_step, steps=steps, history=history,
+                     resumed_from=resumed)
+
+
+def _bar(progress: bool, total: int, initial: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)

@@ -1,0 +1,69 @@
+"""Static views of a ``ModuleStack`` that the merges iterate over: adapters grouped by rank, and
+layer windows.
+
+Methods that work on each adapter's own ΔW_i = s_i·B_i·A_i (TIES, TSV) cannot use the single
+rank-concatenated matmul of a linear merge. Padding every adapter to the largest rank would waste up
+to 7× the work with the real pool's rank mix (BUILD_NOTES), and unrolling k adapters in Python lets
+XLA keep several dense deltas alive at once. Grouping adapters of equal rank gives a few
+``[g, r, ·]`` blocks, each scanned (one dense delta live at a time) or vmapped (small factors).
+
+Einsum letters: l layers, g adapters of one rank group, r rank rows, o out features, d in features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..stacks import ModuleStack
+
+
+@dataclasses.dataclass(frozen=True)
+class RankGroup:
+    rank: int
+    adapters: np.ndarray  # [g] adapter indices (static)
+    rows: np.ndarray      # [g, rank] row indices into the concatenated stack (static)
+
+
+def rank_groups(stack: ModuleStack) -> list[RankGroup]:
+    """Adapters with a nonzero rank for this module, grouped by rank (ascending)."""
+    off = stack.offsets
+    groups = []
+    for r in sorted({r for r in stack.ranks if r > 0}):
+        idx = np.array([i for i, ri in enumerate(stack.ranks) if ri == r], np.int64)
+        rows = off[idx][:, None] + np.arange(r)[None, :]
+        groups.append(RankGroup(r, idx, rows))
+    return groups
+
+
+def group_factors(stack: ModuleStack, group: RankGroup) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One rank group's factors, layer-major: A ``[L, g, r, in]``, B ``[L, g, out, r]``, s ``[g]``."""
+    rows = jnp.asarray(group.rows.reshape(-1), jnp.int32)
+    g, r = group.rows.shape
+    L, _, d = stack.a.shape
+    o = stack.b.shape[1]
+    a = jnp.take(stack.a, rows, axis=1).reshape(L, g, r, d)
+    b = jnp.take(stack.b, rows, axis=2).reshape(L, o, g, r).transpose(0, 2, 1, 3)
+    return a, b, stack.scale[jnp.asarray(group.adapters, jnp.int32)]
+
+
+def layer_window(stack: ModuleStack, start, size: int = 1) -> ModuleStack:
+    """Layers ``start:start+size`` of a stack (``start`` may be traced; ``size`` static)."""
+    a = jax.lax.dynamic_slice_in_dim(stack.a, start, size, axis=0)
+    b = jax.lax.dynamic_slice_in_dim(stack.b, start, size, axis=0)
+    present = jax.lax.dynamic_slice_in_dim(stack.present, start, size, axis=1)
+    return ModuleStack(a, b, stack.scale, present, stack.ranks)
+
+
+def per_layer_weights(weights, stack: ModuleStack) -> jax.Array:
+    """Weights ``[N]`` or ``[N, L]`` → ``[N, L]`` (checked against the stack)."""
+    n, L = stack.num_adapters, stack.a.shape[0]
+    w = jnp.asarray(weights)
+    if w.ndim == 1:
+        w = w[:, None]
+    if w.ndim != 2 or w.shape[0] != n or w.shape[1] not in (1, L):
+        raise ValueError(f"weights of shape {tuple(jnp.shape(weights))}: expected [N]={n} or [N, L]=[{n}, {L}]")
+    return jnp.broadcast_to(w, (n, L))

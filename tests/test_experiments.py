@@ -1,0 +1,89 @@
+"""The experiment entry points on the small embedded world: the pool loader on the world's pool,
+every method name through ``python -m experiments.adaptive``, and a resumable sweep + render."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import jaxmerge
+from experiments import adaptive, sweep
+from experiments.world import small_world
+
+METHODS = adaptive.METHOD_NAMES
+RESULT_KEYS = ("method", "task", "k", "with_target_lora", "seed", "test_accuracy", "zero_shot_accuracy",
+               "best_val_loss", "steps", "coefficients_path")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return small_world()
+
+
+def test_world_pool_goes_through_the_pool_loader(world):
+    base = jaxmerge.load_base(world.base_dir, dtype="float32", tokenizer=False)
+    pool, report = jaxmerge.load_pool(world.pool_dirs, base.config, progress=False)
+    rows = {os.path.abspath(r["source"]): r for r in report.rows}
+    assert len(rows) == len(world.pool_dirs)
+    for d in world.pool_dirs:
+        r = rows[os.path.abspath(d)]
+        if d in world.broken:
+            assert not r["kept"] and world.broken[d].lower() in r["reason"].lower(), r
+        else:
+            assert r["kept"], r
+    assert pool.num_adapters == len(world.pool_dirs) - len(world.broken)
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("reference"))
+
+
+FAST = ["--world", "small", "--steps", "2", "--target-lora-steps", "2", "--k", "3", "--quiet"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_through_the_cli(world, method, tmp_path, reference_dir):
+    out = tmp_path / method
+    args = ["--method", method, "--out", str(out), "--reference-dir", reference_dir, *FAST]
+    if method in ("ours", "average"):
+        args.append("--with-target-lora")
+    assert adaptive.main(args) == 0
+    r = json.loads((out / "result.json").read_text())
+    for key in RESULT_KEYS:
+        assert key in r, key
+    assert r["method"] == method and r["seed"] == 0 and 0.0 <= r["test_accuracy"] <= 1.0
+    if method not in ("zero-shot", "target-lora"):
+        assert r["k"] == 3
+        assert os.path.exists(r["coefficients_path"])
+    if method in ("ours", "average"):
+        assert r["with_target_lora"] is True and r["num_merged"] == 4  # target LoRA in slot 0
+    # Running again with the same --out returns the finished result instead of recomputing it.
+    assert adaptive.main(args) == 0
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] == r["test_accuracy"]
+
+
+def test_sweep_resumes_and_renders(world, tmp_path):
+    specs = sweep.grid("table2", [world.default_task], [0], methods=["average", "ties"])
+    assert len(specs) == 4
+    out = str(tmp_path / "sweep")
+    sweep.run_sweep(specs[:2], out, world_size="small", steps=2, target_lora_steps=2, progress=False)
+    assert len(sweep.done_keys(os.path.join(out, "results.jsonl"))) == 2
+    sweep.run_sweep(specs, out, world_size="small", steps=2, target_lora_steps=2, progress=False)
+    lines = open(os.path.join(out, "results.jsonl")).read().splitlines()
+    assert len(lines) == 4  # the first two were not run again
+    from experiments.render import render
+    written = render(out, out)
+    table = open(os.path.join(out, "table2.md")).read()
+    assert "| TIES (" in table and "| Simple avg. (" in table
+    assert os.path.getsize(os.path.join(out, "fig2.png")) > 1000
+    assert any(p.endswith("fig2.png") for p in written)
+
+
+def test_coefficient_shares_sum_to_one(tmp_path):
+    from experiments.render import coefficient_shares
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", **{"coef/q_proj": rng.normal(size=(5, 3)), "coef/v_proj": rng.normal(size=(5, 3))})
+    s = coefficient_shares(str(tmp_path / "c.npz"))
+    assert s.shape == (5,) and abs(s.sum() - 1) < 1e-9
