@@ -39,9 +39,9 @@ Batch = Mapping[str, Any]  # {"tokens": [n, T] int32, "attention_mask": [n, T], 
 
 # --- the loss --------------------------------------------------------------------------------------
 def answer_loss_sums(params, config: LlamaConfig, batch: Batch, adapters=None, remat: bool = False):
-    """(Σ cross-entropy over answer tokens, number of answer tokens) of a batch encoded by
-    ``jaxmerge.tasks.encode`` (``loss_mask[b, t] = 1`` iff token t + 1 is an answer token). Sums, not
-    a mean, so that micro-batches add up to the effective batch's token mean exactly."""
+    """(Σ cross-entropy over answer tokens, number of answer tokens) of a batch — the sums behind
+    ``jaxmerge.tasks.answer_loss``, so that micro-batches add up to the effective batch's token mean.
+    ``loss_mask`` follows ``jaxmerge.tasks.encode``'s next-token convention."""
     lp = token_logprobs(params, config, batch["tokens"], batch["attention_mask"], adapters, remat)
     mask = batch["loss_mask"].astype(jnp.float32)
     return -jnp.sum(lp * mask), jnp.sum(mask)
