@@ -7,7 +7,14 @@ Core API::
     out = jaxmerge.generate(base.params, prompts, base.config, max_new_tokens=20)
 """
 
-from .config import ConfigError, LlamaConfig, RopeConfig
+import os
+
+# LAPACK (QR/SVD, e.g. in TSV) runs through scipy's OpenBLAS, whose own thread pool spins against
+# XLA's: on 2 cores a batched 4096×64 QR took 2.6 s with OpenBLAS threads and 8 ms without
+# (BUILD_NOTES). OpenBLAS reads this when it loads; an explicit user setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .config import ConfigError  # noqa: E402, LlamaConfig, RopeConfig
 from .generate import generate
 from .lora import Dense, Factored
 from .model import forward, hidden_states, lm_head
