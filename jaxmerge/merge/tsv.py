@@ -33,6 +33,28 @@ from ..stacks import ModuleStack
 from ._groups import group_factors, per_layer_weights, rank_groups
 
 
+def _unbatched(fn, *xs):
+    """``fn`` over the leading dims of matrices ``xs`` one matrix at a time (``lax.map``).
+
+    Batched LAPACK calls (QR, SVD) deadlock nondeterministically inside XLA:CPU on this jaxlib
+    (0 % CPU, all threads waiting; 3 of 4 runs at 10 × 4096×16 factors), while the same calls one
+    matrix at a time never did (BUILD_NOTES). The matrices here are thin, so the loop costs little."""
+    lead = xs[0].shape[:-2]
+    flat = tuple(x.reshape((-1,) + x.shape[-2:]) for x in xs)
+    out = jax.lax.map(lambda t: fn(*t), flat)
+    return jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
+
+
+def qr_each(x):
+    """Thin QR of each matrix of ``x [..., m, n]`` (see ``_unbatched``)."""
+    return _unbatched(jnp.linalg.qr, x)
+
+
+def svd_each(x):
+    """Thin SVD of each matrix of ``x [..., m, n]`` (see ``_unbatched``)."""
+    return _unbatched(lambda m: jnp.linalg.svd(m, full_matrices=False), x)
+
+
 def _negligible(sv: jax.Array, rows: int, cols: int) -> jax.Array:
     """Mask of singular values at rounding level, ``sv [..., n]`` sorted descending."""
     eps = jnp.finfo(sv.dtype).eps
@@ -46,10 +68,10 @@ def factor_svd(a: jax.Array, b: jax.Array, s: jax.Array, k: int) -> tuple[jax.Ar
     U ``[..., out, K]``, σ ``[..., K]`` (descending), V ``[..., in, K]`` with K = min(k, r, out, in);
     negligible triplets come back as zeros.
     """
-    qb, rb = jnp.linalg.qr(b)                              # [..., o, p], [..., p, r]
-    qa, ra = jnp.linalg.qr(jnp.swapaxes(a, -1, -2))        # [..., d, q], [..., q, r]
+    qb, rb = qr_each(b)                                        # [..., o, p], [..., p, r]
+    qa, ra = qr_each(jnp.swapaxes(a, -1, -2))                  # [..., d, q], [..., q, r]
     core = jnp.einsum("...pr,...qr->...pq", rb, ra) * jnp.asarray(s)[..., None, None]
-    um, sv, vmt = jnp.linalg.svd(core, full_matrices=False)
+    um, sv, vmt = svd_each(core)
     kk = min(k, sv.shape[-1])
     keep = ~_negligible(sv, b.shape[-2], a.shape[-1])[..., :kk]  # the dense ΔW's rank rule
     u = jnp.einsum("...op,...pk->...ok", qb, um[..., :kk]) * keep[..., None, :]
@@ -64,8 +86,8 @@ def polar(x: jax.Array) -> jax.Array:
     m, n = x.shape[-2:]
     if m < n:
         return jnp.swapaxes(polar(jnp.swapaxes(x, -1, -2)), -1, -2)
-    q, r = jnp.linalg.qr(x)
-    p, sv, qt = jnp.linalg.svd(r, full_matrices=False)
+    q, r = qr_each(x)
+    p, sv, qt = svd_each(r)
     keep = ~_negligible(sv, m, n)
     return jnp.einsum("...mj,...jk,...kn->...mn", q, p * keep[..., None, :], qt)
 

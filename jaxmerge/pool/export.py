@@ -33,6 +33,7 @@ from ..config import ATTN_MODULES, MODULES, LlamaConfig
 from ..lora import Dense, Factored
 from ..params import Base, params_to_hf
 from ..safetensors_io import SafeFile, save
+from ..merge.tsv import qr_each, svd_each
 
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
@@ -107,7 +108,7 @@ def _write_json(path, obj):
 
 def _svd_factors(delta: jax.Array, k: int | None) -> tuple[jax.Array, jax.Array]:
     """Dense [L, out, in] → B [L, out, k], A [L, k, in] (k=None: numerical rank, max over layers)."""
-    u, s, vt = jnp.linalg.svd(delta.astype(jnp.float32), full_matrices=False)
+    u, s, vt = svd_each(delta.astype(jnp.float32))
     if k is None:
         k = max(1, int(jnp.max(jnp.sum(s > NUMERICAL_RANK_RTOL * s[:, :1], axis=1))))
     root = jnp.sqrt(s[:, :k])
@@ -121,9 +122,9 @@ def truncate_factored(f: Factored, k: int) -> tuple[jax.Array, jax.Array]:
     R, (out_dim, in_dim) = a.shape[1], (bm.shape[1], a.shape[2])
     if R >= min(out_dim, in_dim):
         return _svd_factors(jnp.einsum("lor,lrd->lod", bm, a), k)
-    qb, rb = jnp.linalg.qr(bm)                          # [L, out, R], [L, R, R]
-    qa, ra = jnp.linalg.qr(jnp.swapaxes(a, 1, 2))       # [L, in, R], [L, R, R]
-    u, s, vt = jnp.linalg.svd(rb @ jnp.swapaxes(ra, 1, 2))
+    qb, rb = qr_each(bm)                                # [L, out, R], [L, R, R]
+    qa, ra = qr_each(jnp.swapaxes(a, 1, 2))             # [L, in, R], [L, R, R]
+    u, s, vt = svd_each(rb @ jnp.swapaxes(ra, 1, 2))
     k_ = min(k, R)
     root = jnp.sqrt(s[:, :k_])
     B = jnp.einsum("lor,lrk->lok", qb, u[:, :, :k_]) * root[:, None, :]
