@@ -14,7 +14,7 @@ import os
 # (BUILD_NOTES). OpenBLAS reads this when it loads; an explicit user setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .config import ConfigError  # noqa: E402, LlamaConfig, RopeConfig
+from .config import ConfigError, LlamaConfig, RopeConfig  # noqa: E402
 from .generate import generate
 from .lora import Dense, Factored
 from .model import forward, hidden_states, lm_head
