@@ -135,25 +135,17 @@ def _count(rng, v):
     return p.format(t=target, xs=" ".join(xs)), str(n), _distract(rng, str(n), NUMBERS[:10])
 
 
-def _first(rng, v):
-    xs = [str(w) for w in rng.choice(NOUNS, size=int(rng.integers(3, 7)), replace=False)]
-    p = _phrase(v, "what is the first word : {xs} ?", "repeat the first word of : {xs} .",
-                "which word comes first in : {xs} ?")
-    return p.format(xs=" ".join(xs)), xs[0], _distract(rng, xs[0], xs, min(4, len(xs)))
+def _position(word: str, index: int):
+    """A family asking for the word at ``index`` of a list (first / second / last)."""
+    def family(rng, v):
+        xs = [str(w) for w in rng.choice(NOUNS, size=int(rng.integers(3, 7)), replace=False)]
+        p = _phrase(v, f"what is the {word} word : {{xs}} ?", f"repeat the {word} word of : {{xs}} .",
+                    f"which word comes {word} in : {{xs}} ?")
+        return p.format(xs=" ".join(xs)), xs[index], _distract(rng, xs[index], xs, min(4, len(xs)))
+    return family
 
 
-def _last(rng, v):
-    xs = [str(w) for w in rng.choice(NOUNS, size=int(rng.integers(3, 7)), replace=False)]
-    p = _phrase(v, "what is the last word : {xs} ?", "repeat the last word of : {xs} .",
-                "which word comes last in : {xs} ?")
-    return p.format(xs=" ".join(xs)), xs[-1], _distract(rng, xs[-1], xs, min(4, len(xs)))
-
-
-def _second(rng, v):
-    xs = [str(w) for w in rng.choice(NOUNS, size=int(rng.integers(3, 7)), replace=False)]
-    p = _phrase(v, "what is the second word : {xs} ?", "repeat the second word of : {xs} .",
-                "which word comes second in : {xs} ?")
-    return p.format(xs=" ".join(xs)), xs[1], _distract(rng, xs[1], xs, min(4, len(xs)))
+_first, _second, _last = _position("first", 0), _position("second", 1), _position("last", -1)
 
 
 def _sentiment(rng, v):
