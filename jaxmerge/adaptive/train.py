@@ -123,6 +123,22 @@ def _place(batch: dict, mesh) -> dict:
     return out
 
 
+def place_state(tree: Any, mesh) -> Any:
+    """The trainable state on ``mesh``: leaves already laid out on that mesh (e.g. LoRA factors
+    sharded like the base) keep their sharding, the rest — coefficients ``[k, L, M]``, optimizer
+    moments, counters — are replicated on every device. ``mesh=None`` leaves the tree as it is."""
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    replicated = NamedSharding(mesh, P())
+
+    def place(x):
+        s = getattr(x, "sharding", None)
+        return x if isinstance(s, NamedSharding) and s.mesh == mesh else jax.device_put(x, replicated)
+
+    return jax.tree.map(place, tree)
+
+
 # --- the step ------------------------------------------------------------------------------------
 def make_step(loss_fn: Callable, opt: optax.GradientTransformation, penalty: Callable | None = None,
               project: Callable | None = None):
@@ -195,7 +211,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     vm = max(d for d in range(1, min(micro, n_val) + 1) if n_val % d == 0)
     val_b = _place(_micro(val, np.arange(n_val), vm), mesh)
 
-    trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable)  # the step donates its buffers
+    trainable = place_state(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable), mesh)  # donated by the step
     n_hist = steps // max(tuning.eval_every, 1) + 2
     state = {"trainable": trainable, "opt": opt.init(trainable), "step": jnp.int32(0),
              "key": jax.random.key_data(key), "best": trainable, "best_val": jnp.float32(np.inf),
@@ -209,7 +225,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
     hist = np.asarray(state["history"]).copy()
     best, best_val, best_step = state["best"], float(state["best_val"]), int(state["best_step"])
-    run = {"trainable": state["trainable"], "opt": state["opt"]}
+    run = place_state({"trainable": state["trainable"], "opt": state["opt"]}, mesh)
     start = int(state["step"])
 
     def evaluate(s):

@@ -6,15 +6,18 @@ k adapters (default 30) are drawn with the real pool's (rank, alpha, target modu
 random. For N layers (default 2) and every targeted module the benchmark measures, in one run:
 
 * jaxmerge: ``linear`` (Σ_i s_i/k·B_i·A_i as one matmul over the rank-concatenated factors), one
-  jitted call per layer, each layer's deltas freed before the next;
-* peak: the fastest float32 4096³ matmul (JAX, and torch for reference);
+  jitted call per module and layer (largest first), each layer's deltas freed before the next;
+* peak: the fastest float32 4096³ matmul, JAX's and torch's (the larger is "the peak");
 * PEFT: ``peft.tuners.lora.Linear.get_delta_weight`` per adapter, weighted and summed in torch on
-  CPU (how the authors' release folds adapters);
+  CPU (how the authors' release folds adapters); its layer 0 is checked against jaxmerge's;
 * TIES and TSV on ``--method-layers`` layers at the same shapes.
 
-Useful work counts 2·out·in·Σr FLOPs per module and layer (Σr over the adapters that target the
-module). Memory: the process's peak RSS above the pre-stack baseline against "stacks + one layer's
-deltas", and XLA's own plan for one merge call (``compiled.memory_analysis()``).
+The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass) and keeps the
+best of each; the per-round ratio is reported too. Useful work counts 2·out·in·Σr FLOPs per module
+and layer (Σr over the adapters that target the module). Memory: the kernel's peak-RSS mark is reset
+after the stacks are built and the merges compiled, so the first merge pass's peak above that
+baseline is the merge's own footprint, compared with one layer's deltas (the budget is stacks + one
+layer's deltas); XLA's workspace per module call (``memory_analysis``) is reported beside it.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method-layers", type=int, default=1, help="layers for the TIES and TSV timings (0 = skip)")
     parser.add_argument("--density", type=float, default=0.8, help="TIES density (1 − p)")
     parser.add_argument("--tsv-k", type=int, default=8)
-    parser.add_argument("--with-tsv", action="store_true", help="also time TSV (off by default: at Llama shapes "
-                        "the jitted TSV has been seen to hang inside XLA:CPU on this machine; BUILD_NOTES)")
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT/PyTorch baseline")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes over the layers (best is kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (matmul peaks, merge pass); "
+                        "the best of each is kept")
+    parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
+                        "(shapes only)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
 
 
@@ -57,30 +61,61 @@ def _current_rss_bytes() -> int:
         return _rss_bytes()
 
 
-def matmul_peak(n: int = 4096, repeats: int = 5) -> dict:
-    """Fastest float32 n³ matmul, GFLOP/s, in JAX and in torch."""
+PEAK_N = 4096
+PEAK_FLOPS = 2.0 * PEAK_N ** 3
+
+
+def _peak_arrays():
+    """Operands for the float32 PEAK_N³ matmul peak, in JAX (jitted, warmed up) and in torch."""
     import jax
     import jax.numpy as jnp
     import torch
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (PEAK_N, PEAK_N), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (PEAK_N, PEAK_N), jnp.float32)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
-    best = float("inf")
+    ta, tb = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N)
+    torch.matmul(ta, tb)
+    return mm, a, b, ta, tb
+
+
+def _time_matmuls(arrays, repeats: int = 3) -> tuple[float, float]:
+    """Best seconds of the JAX and of the torch PEAK_N³ float32 matmul."""
+    import torch
+
+    mm, a, b, ta, tb = arrays
+    best_jax = best_torch = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         mm(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    ta, tb = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(ta, tb)
-    tbest = float("inf")
-    for _ in range(repeats):
+        best_jax = min(best_jax, time.perf_counter() - t)
         t = time.perf_counter()
         torch.matmul(ta, tb)
-        tbest = min(tbest, time.perf_counter() - t)
-    flops = 2.0 * n ** 3
-    return {"jax_gflops": flops / best / 1e9, "torch_gflops": flops / tbest / 1e9}
+        best_torch = min(best_torch, time.perf_counter() - t)
+    return best_jax, best_torch
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (VmHWM), else since the start (getrusage)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _rss_bytes()
 
 
 def synth_pool(config, adapters, seed: int, std: float = 0.02):
@@ -108,23 +143,6 @@ def synth_pool(config, adapters, seed: int, std: float = 0.02):
         present = jnp.asarray(np.repeat((np.array(st.ranks) > 0)[:, None], L, 1))
         mods[m] = ModuleStack(a, b, scale, present, st.ranks)
     return Pool(mods, abstract.names)
-
-
-def _timed_layers(fn, pool, layers: int, label: str, repeats: int = 1) -> tuple[float, float]:
-    """(compile seconds, best run seconds) of ``fn(pool, l)`` over layers 0..layers-1."""
-    import jax
-    from tqdm import tqdm
-
-    t = time.perf_counter()
-    compiled = jax.jit(fn).lower(pool, 0).compile()
-    compile_s = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for l in tqdm(range(layers), desc=label, unit="layer", file=sys.stderr, leave=False):
-            jax.block_until_ready(compiled(pool, l))
-        best = min(best, time.perf_counter() - t)
-    return compile_s, best
 
 
 def peft_fold(pool, weights, layers: int) -> tuple[float, dict]:
@@ -178,6 +196,39 @@ def peft_fold(pool, weights, layers: int) -> tuple[float, dict]:
     return total, first
 
 
+def _modules_by_size(pool) -> list[str]:
+    """Largest delta first, so the modules computed last (with all others' deltas already held)
+    have the smallest workspaces."""
+    return sorted(pool.modules, key=lambda m: -pool.modules[m].b.shape[1] * pool.modules[m].a.shape[2])
+
+
+def _merge_pass(fns, pool, layers: int, label: str):
+    """One pass over the layers: every module's merged ΔW of a layer, then the layer is freed."""
+    import jax
+    from tqdm import tqdm
+
+    t = time.perf_counter()
+    for l in tqdm(range(layers), desc=label, unit="layer", file=sys.stderr, leave=False):
+        deltas = [fns[m](pool.modules[m], l) for m in _modules_by_size(pool)]
+        jax.block_until_ready(deltas)
+        del deltas
+    return time.perf_counter() - t
+
+
+def _compile_per_module(fn, pool) -> tuple[dict, float, dict]:
+    """AOT-compile ``fn(stack, layer)`` per module: (executables, seconds, XLA's memory plan of the
+    largest-workspace module)."""
+    import jax
+
+    t = time.perf_counter()
+    fns, temp = {}, {}
+    for m, st in pool.modules.items():
+        fns[m] = jax.jit(fn).lower(st, 0).compile()
+        mem = fns[m].memory_analysis()
+        temp[m] = None if mem is None else int(mem.temp_size_in_bytes)
+    return fns, time.perf_counter() - t, temp
+
+
 def run(args) -> int:
     import dataclasses
 
@@ -185,86 +236,107 @@ def run(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from ..config import LLAMA_3_1_8B
+    from ..config import KNOWN, LlamaConfig
     from ..merge import linear, ties, tsv
     from ..merge._groups import layer_window
     from ..shapes import draw, load_shapes
 
-    if args.layers < 1 or args.k < 1:
-        print("jaxmerge bench merge: --layers and --k must be positive", file=sys.stderr)
+    if args.layers < 1 or args.k < 1 or args.rounds < 1:
+        print("jaxmerge bench merge: --layers, --k and --rounds must be positive", file=sys.stderr)
         return 2
+    base = KNOWN[args.model] if args.model in KNOWN else LlamaConfig.from_json(args.model)
     shapes, source = load_shapes(args.pool_shapes)
     adapters = draw(shapes, args.k, args.seed)
-    config = dataclasses.replace(LLAMA_3_1_8B, num_hidden_layers=args.layers)
+    config = dataclasses.replace(base, num_hidden_layers=args.layers)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    log(f"model {args.model}; shapes: {source}; k={len(adapters)} ranks={sorted(s.r for s in adapters)}")
 
-    log(f"shapes: {source}; k={len(adapters)} ranks={sorted(s.r for s in adapters)}")
-    peak = matmul_peak()
     rss_before = _current_rss_bytes()
     pool = synth_pool(config, adapters, args.seed)
-    stack_bytes = sum(s.a.nbytes + s.b.nbytes for s in pool.modules.values())
-    layer_delta_bytes = sum(s.b.shape[1] * s.a.shape[2] * 4 for s in pool.modules.values())
-    sum_r = {m: int(sum(s.ranks)) for m, s in pool.modules.items()}
-    useful_flops = sum(2.0 * s.b.shape[1] * s.a.shape[2] * sum(s.ranks) for s in pool.modules.values()) * args.layers
     n = len(adapters)
     w = jnp.full((n,), 1.0 / n, jnp.float32)
+    stack_bytes = sum(s.a.nbytes + s.b.nbytes for s in pool.modules.values())
+    layer_delta_bytes = sum(s.b.shape[1] * s.a.shape[2] * 4 for s in pool.modules.values())
+    useful_flops = sum(2.0 * s.b.shape[1] * s.a.shape[2] * sum(s.ranks) for s in pool.modules.values()) * args.layers
+    fns, compile_s, temps = _compile_per_module(lambda s, l: linear(layer_window(s, l), w), pool)
+    ref0 = {m: np.asarray(fns[m](st, 0)) for m, st in pool.modules.items()}
+    peak_arrays = _peak_arrays()
+    # XLA's own GEMM on exactly the merge's operand shapes (layer 0, contiguous, unscaled): what the
+    # merge would run at with zero overhead of its own
+    dot = jax.jit(jnp.dot)
+    gemm_ops = [(st.b[0], st.a[0]) for st in pool.modules.values()]
+    jax.block_until_ready([dot(b, a) for b, a in gemm_ops])
 
-    def merge_layer(p, l):
-        return {m: linear(layer_window(s, l), w) for m, s in p.modules.items()}
-
-    compile_s, jax_s = _timed_layers(merge_layer, pool, args.layers, "jaxmerge", args.repeats)
-    rss_peak = _rss_bytes()
-    mem = jax.jit(merge_layer).lower(pool, 0).compile().memory_analysis()
-    xla_plan = None if mem is None else {"argument_bytes": int(mem.argument_size_in_bytes),
-                                         "output_bytes": int(mem.output_size_in_bytes),
-                                         "temp_bytes": int(mem.temp_size_in_bytes)}
-    ref0 = {m: np.asarray(d[0]) for m, d in jax.jit(merge_layer)(pool, 0).items()}
-
+    # Interleaved rounds (the machine is shared): each round times the JAX and torch float32 matmul
+    # peaks and one merge pass; the best of each is kept, and the per-round ratio is reported too.
+    # Round 0's merge pass also measures memory: the peak RSS is reset just before it.
+    best = {"jax": float("inf"), "torch": float("inf"), "merge": float("inf"), "gemm": float("inf")}
+    ratios, mem = [], {}
+    for i in range(args.rounds):
+        jax_mm, torch_mm = _time_matmuls(peak_arrays)
+        if i == 0:
+            reset = _reset_peak_rss()
+            rss_base = _current_rss_bytes()
+        t = _merge_pass(fns, pool, args.layers, f"jaxmerge round {i + 1}/{args.rounds}")
+        if i == 0:
+            mem = {"peak_reset": reset, "rss_base": rss_base, "rss_peak": _peak_rss_bytes()}
+        t_gemm = time.perf_counter()
+        for b, a in gemm_ops:
+            dot(b, a).block_until_ready()
+        t_gemm = time.perf_counter() - t_gemm
+        best = {"jax": min(best["jax"], jax_mm), "torch": min(best["torch"], torch_mm), "merge": min(best["merge"], t),
+                "gemm": min(best["gemm"], t_gemm)}
+        ratios.append((useful_flops / t) / (PEAK_FLOPS / min(jax_mm, torch_mm)))
+    del peak_arrays, gemm_ops
+    peak = {"jax_gflops": PEAK_FLOPS / best["jax"] / 1e9, "torch_gflops": PEAK_FLOPS / best["torch"] / 1e9}
+    jax_s = best["merge"]
+    workspace = mem["rss_peak"] - mem["rss_base"]
     result = {
-        "shapes_source": source, "k": n, "layers": args.layers, "seed": args.seed,
-        "ranks": [s.r for s in adapters], "sum_r_per_module": sum_r,
+        "model": args.model, "shapes_source": source, "k": n, "layers": args.layers, "seed": args.seed,
+        "rounds": args.rounds, "ranks": [s.r for s in adapters],
+        "sum_r_per_module": {m: int(sum(s.ranks)) for m, s in pool.modules.items()},
         "useful_gflop": useful_flops / 1e9,
         "jaxmerge_seconds": jax_s, "jaxmerge_compile_seconds": compile_s,
         "useful_gflops": useful_flops / jax_s / 1e9,
-        "peak_gflops": max(peak["jax_gflops"], peak["torch_gflops"]),
-        "peak_jax_gflops": peak["jax_gflops"], "peak_torch_gflops": peak["torch_gflops"],
-        "memory": {"stack_bytes": stack_bytes, "one_layer_delta_bytes": layer_delta_bytes,
-                   "budget_bytes": stack_bytes + layer_delta_bytes,
-                   "rss_before_stacks_bytes": rss_before, "rss_peak_bytes": rss_peak,
-                   "rss_peak_above_baseline_bytes": rss_peak - rss_before, "xla_plan_one_layer": xla_plan},
+        "peak_gflops": max(peak.values()), "peak_jax_gflops": peak["jax_gflops"],
+        "peak_torch_gflops": peak["torch_gflops"],
+        "fraction_of_peak_per_round": ratios,
+        "xla_gemm_same_shapes_gflops": useful_flops / args.layers / best["gemm"] / 1e9,
+        "memory": {
+            "stack_bytes": stack_bytes, "one_layer_delta_bytes": layer_delta_bytes,
+            "budget_bytes": stack_bytes + layer_delta_bytes,
+            "rss_before_stacks_bytes": rss_before, "rss_with_stacks_bytes": mem["rss_base"],
+            "merge_peak_above_stacks_bytes": workspace if mem["peak_reset"] else None,
+            "process_peak_rss_bytes": mem["rss_peak"],
+            "xla_temp_bytes_per_module": temps,
+        },
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
         "jax_version": jax.__version__, "device": str(jax.devices()[0].device_kind),
     }
     result["fraction_of_peak"] = result["useful_gflops"] / result["peak_gflops"]
-    result["memory"]["within_budget"] = result["memory"]["rss_peak_above_baseline_bytes"] <= result["memory"]["budget_bytes"]
+    m = result["memory"]
+    m["within_budget"] = None if not mem["peak_reset"] else stack_bytes + workspace <= m["budget_bytes"]
     log(f"jaxmerge linear: {args.layers} layers in {jax_s:.3f} s (compile {compile_s:.1f} s) = "
         f"{result['useful_gflops']:.0f} useful GFLOP/s; peak {result['peak_gflops']:.0f} GFLOP/s "
-        f"(jax {peak['jax_gflops']:.0f}, torch {peak['torch_gflops']:.0f}) → {result['fraction_of_peak']:.2f} of peak")
-    m = result["memory"]
-    log(f"memory: peak RSS above baseline {m['rss_peak_above_baseline_bytes'] / 2**30:.2f} GiB vs stacks "
-        f"{stack_bytes / 2**30:.2f} + one layer's deltas {layer_delta_bytes / 2**30:.2f} GiB")
+        f"(jax {peak['jax_gflops']:.0f}, torch {peak['torch_gflops']:.0f}) → {result['fraction_of_peak']:.2f} of peak "
+        f"(per round: {', '.join(f'{r:.2f}' for r in ratios)}); XLA's own GEMM on the same operand shapes "
+        f"{result['xla_gemm_same_shapes_gflops']:.0f} GFLOP/s")
+    if mem["peak_reset"]:
+        log(f"memory: merge peak above the stacks {workspace / 2**30:.3f} GiB vs one layer's deltas "
+            f"{layer_delta_bytes / 2**30:.3f} GiB (stacks {stack_bytes / 2**30:.2f} GiB; largest XLA workspace "
+            f"{max(t or 0 for t in temps.values()) / 2**30:.3f} GiB)")
+    else:
+        log("memory: cannot reset the peak RSS here (/proc/self/clear_refs); merge peak not measured")
 
     if args.method_layers > 0:
         ml = min(args.method_layers, args.layers)
-
-        def ties_layer(p, l):
-            return {m: ties(layer_window(s, l), w, args.density, "total") for m, s in p.modules.items()}
-
-        def tsv_layer(p, l):
-            return {m: tsv(layer_window(s, l), args.tsv_k, w) for m, s in p.modules.items()}
-
-        c, t = _timed_layers(ties_layer, pool, ml, "ties")
-        result["ties"] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c,
-                          "density": args.density}
-        log(f"ties (density {args.density}): {t / ml:.2f} s per layer (compile {c:.1f} s)")
-        if args.with_tsv:
-            c, t = _timed_layers(tsv_layer, pool, ml, "tsv")
-            result["tsv"] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c,
-                             "k": args.tsv_k}
-            log(f"tsv (k {args.tsv_k}): {t / ml:.2f} s per layer (compile {c:.1f} s)")
-        else:
-            result["tsv"] = None
-            log("tsv: not timed (pass --with-tsv; see BUILD_NOTES for the open XLA:CPU hang at these shapes)")
+        for name, fn, extra in (
+                ("ties", lambda s, l: ties(layer_window(s, l), w, args.density, "total"), {"density": args.density}),
+                ("tsv", lambda s, l: tsv(layer_window(s, l), args.tsv_k, w), {"k": args.tsv_k})):
+            mfns, c, _ = _compile_per_module(fn, pool)
+            t = _merge_pass(mfns, pool, ml, name)
+            result[name] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c, **extra}
+            log(f"{name} ({', '.join(f'{k} {v}' for k, v in extra.items())}): {t / ml:.2f} s per layer (compile {c:.1f} s)")
 
     if not args.no_peft:
         peft_s, first = peft_fold(pool, w, args.layers)

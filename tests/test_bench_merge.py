@@ -1,0 +1,41 @@
+"""``jaxmerge bench merge``: runs through the CLI on a tiny config, reports the required keys, and its
+jaxmerge side equals PEFT's ``get_delta_weight`` fold of the same adapters."""
+
+from __future__ import annotations
+
+import json
+
+from transformers import LlamaConfig
+
+from jaxmerge.cli import main
+
+# (out, in) of each projection for hidden 64, intermediate 160, 4 heads of 16, 2 KV heads
+SHAPES = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64),
+          "gate_proj": (160, 64), "up_proj": (160, 64), "down_proj": (64, 160)}
+
+
+def test_bench_merge_json(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=128).to_json_file(str(cfg))
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "merge", "--json", "--model", str(cfg), "--k", "4", "--layers", "2", "--rounds", "2",
+               "--method-layers", "1", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res == json.loads(out.read_text())
+    for key in ("useful_gflops", "peak_gflops", "jaxmerge_seconds", "peft_seconds", "speedup_vs_peft"):
+        assert res[key] > 0, key
+    assert res["peak_gflops"] == max(res["peak_jax_gflops"], res["peak_torch_gflops"])
+    assert len(res["fraction_of_peak_per_round"]) == 2
+    # useful work is 2·out·in·Σr per module and layer
+    sum_r = res["sum_r_per_module"]
+    expect = 2 * sum(o * d * sum_r[m] for m, (o, d) in SHAPES.items() if m in sum_r)
+    assert abs(res["useful_gflop"] - 2 * expect / 1e9) <= 1e-12
+    # float32 merge of random factors: jaxmerge and PEFT agree to rounding
+    assert res["peft_max_rel_diff_layer0"] < 1e-5
+    for method in ("ties", "tsv"):
+        assert res[method]["layers"] == 1 and res[method]["seconds_per_layer"] > 0
+    mem = res["memory"]
+    assert mem["stack_bytes"] > 0
+    assert mem["one_layer_delta_bytes"] == 4 * sum(o * d for m, (o, d) in SHAPES.items() if m in sum_r)
