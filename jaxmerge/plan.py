@@ -76,10 +76,94 @@ def memory(compiled) -> dict:
     return d
 
 
+def random_arguments(compiled, vocab_size: int, seed: int = 0):
+    """Arrays of exactly the compiled step's argument shapes, dtypes and shardings, generated on the
+    devices (no host copy of an 8B model): floats N(0, 0.01²), optimizer state 0, token ids in
+    [1, min(vocab, 100)), every other integer (masks) 1, booleans True."""
+    import jax
+    import jax.numpy as jnp
+
+    abstract = compiled.args_info[0]
+    shardings = compiled.input_shardings[0]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    # arguments the step never reads (the stacks' ``present`` masks) have no sharding: replicate them
+    flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: x is None)
+    mesh = next(x.mesh for x in flat_sh if x is not None)
+    flat_sh = [jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if x is None else x for x in flat_sh]
+    assert len(flat_sh) == len(flat), (len(flat_sh), len(flat))
+    out = []
+    for i, ((path, a), sh) in enumerate(zip(flat, flat_sh)):
+        shape, dtype = a.shape, a._aval.dtype if not hasattr(a, "dtype") else a.dtype
+        name = jax.tree_util.keystr(path)
+        if dtype == jnp.bool_:
+            fill = lambda k, shape=shape: jnp.ones(shape, jnp.bool_)
+        elif "'opt'" in name:  # optimizer moments and counters start at zero (a negative ν would be NaN)
+            fill = lambda k, shape=shape, dtype=dtype: jnp.zeros(shape, dtype)
+        elif jnp.issubdtype(dtype, jnp.integer) and "tokens" in name:
+            fill = lambda k, shape=shape, dtype=dtype: jax.random.randint(k, shape, 1, min(vocab_size, 100), dtype)
+        elif jnp.issubdtype(dtype, jnp.integer):
+            fill = lambda k, shape=shape, dtype=dtype: jnp.ones(shape, dtype)
+        else:
+            fill = lambda k, shape=shape, dtype=dtype: (0.01 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+        out.append(jax.jit(fill, out_shardings=sh)(jax.random.fold_in(jax.random.key(seed), i)))
+    return jax.tree.unflatten(treedef, out)
+
+
+def _vm_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
+    """Run the compiled step ``steps`` + 1 times on random arguments (the first is a warm-up) and
+    measure it: median seconds per step, and the memory the step itself adds — the devices' peak
+    bytes in use where the backend reports it (GPU/TPU), else the process's peak RSS growth (CPU;
+    the kernel's peak mark is reset just before the first step)."""
+    import jax
+
+    state, frozen, mb = random_arguments(compiled, vocab_size)
+    jax.block_until_ready((state, frozen, mb))
+    devs = jax.local_devices()
+    stats = [d.memory_stats() or {} for d in devs]
+    on_device = all("peak_bytes_in_use" in s for s in stats)
+    in_use = max(s.get("bytes_in_use", 0) for s in stats) if on_device else None
+    if not on_device:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+    rss_before = _vm_kib("VmRSS")
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        state, loss = compiled(state, frozen, mb)
+        jax.block_until_ready((state, loss))
+        times.append(time.perf_counter() - t)
+    out = {"steps": steps, "step_seconds": float(np.median(times[1:])) if steps else None,
+           "first_step_seconds": times[0], "loss": float(loss)}
+    if on_device:
+        peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devs)
+        out.update(memory_source="device peak_bytes_in_use", peak_bytes_per_device=int(peak),
+                   bytes_in_use_before_per_device=int(in_use))
+    else:
+        hwm = _vm_kib("VmHWM")
+        out.update(memory_source="process peak RSS growth (CPU)",
+                   peak_growth_bytes=None if hwm is None or rss_before is None else hwm - rss_before)
+    return out
+
+
 def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, batch: int = 8, seq: int = 512,
          tensor: int = 1, dtype: str = "bfloat16", seed: int = 0, peak_tflops: float = DEFAULT_PEAK_TFLOPS,
-         mfu: float = DEFAULT_MFU) -> dict:
+         mfu: float = DEFAULT_MFU, measure: int = 0) -> dict:
     """The plan as a dict (see module docstring); ``devices`` devices must exist (``run`` simulates them).
+    ``measure`` > 0 also runs that many steps on random arrays of the real shapes (``measure_step``).
 
     XLA's CPU backend computes bf16 matmuls in float32 and keeps float32 copies of bf16 weights as
     temporaries, which no GPU/TPU backend does. For bf16 on CPU the plan therefore also compiles the
@@ -108,6 +192,10 @@ def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, ba
     flops = analytic_flops(config, pool, batch, seq)
     ranks = [s.r for s in drawn]
     step_s = flops / devices / (peak_tflops * 1e12 * mfu)
+    measured = None
+    if measure > 0:
+        measured = measure_step(compiled, config.vocab_size, measure)
+        measured["tflops_per_device"] = flops / devices / measured["step_seconds"] / 1e12
     return {
         "model": model, "k": len(drawn), "devices": devices, "mesh": dict(mesh.shape), "batch": batch, "seq": seq,
         "dtype": dtype, "backend": jax.default_backend(), "pool_shapes": source,
@@ -118,6 +206,7 @@ def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, ba
         "flops_per_step": flops, "xla_flops_per_device": float((compiled.cost_analysis() or {}).get("flops", -1)),
         "peak_tflops": peak_tflops, "mfu": mfu, "estimated_step_seconds": step_s,
         "estimated_100_steps_seconds": 100 * step_s, "compile_seconds": compile_s,
+        "device_kind": jax.devices()[0].device_kind, "measured": measured,
     }
 
 
@@ -151,6 +240,9 @@ def add_parser(sub) -> None:
     p.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--measure", type=int, default=0, metavar="STEPS",
+                   help="also run STEPS steps on random arrays of these shapes and measure time and memory "
+                        "(on an accelerator: device peak bytes; on CPU: peak RSS growth)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -166,7 +258,8 @@ def run(args) -> int:
                               f" --xla_force_host_platform_device_count={args.devices}").strip())
         return subprocess.call([sys.executable, "-m", "jaxmerge", *sys.argv[1:]], env=env)
     r = plan(args.model, args.k, args.devices, pool_shapes=args.pool_shapes, batch=args.batch, seq=args.seq,
-             tensor=args.tensor, dtype=args.dtype, seed=args.seed, peak_tflops=args.peak_tflops, mfu=args.mfu)
+             tensor=args.tensor, dtype=args.dtype, seed=args.seed, peak_tflops=args.peak_tflops, mfu=args.mfu,
+             measure=args.measure)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
@@ -181,4 +274,10 @@ def run(args) -> int:
     print(f"FLOPs/step {r['flops_per_step'] / 1e12:.1f} T; at {r['peak_tflops']:.0f} TFLOP/s × {r['mfu']:.0%} "
           f"utilisation: {r['estimated_step_seconds']:.2f} s/step, {r['estimated_100_steps_seconds'] / 60:.1f} min "
           f"for 100 steps (compiled in {r['compile_seconds']:.1f} s)")
+    m = r["measured"]
+    if m:
+        mem = (f"device peak {gib(m['peak_bytes_per_device'])}" if "peak_bytes_per_device" in m
+               else f"peak RSS growth {gib(m['peak_growth_bytes'] or 0)}")
+        print(f"measured on {r['device_kind']}: {m['step_seconds']:.3f} s/step (median of {m['steps']}; first "
+              f"{m['first_step_seconds']:.1f} s), {m['tflops_per_device']:.1f} TFLOP/s per device; {mem}")
     return 0
