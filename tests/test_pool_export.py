@@ -101,3 +101,35 @@ def test_truncation_beyond_min_dim_uses_dense_svd():
     B, A = truncate_factored(f, 2)
     u, s, vt = np.linalg.svd(b[0] @ a[0])
     np.testing.assert_allclose(np.asarray(B[0] @ A[0]), (u[:, :2] * s[:2]) @ vt[:2], rtol=1e-4, atol=1e-4)
+
+
+def test_peft_export_with_own_alpha_round_trips_and_checks_multipliers(merged, tmp_path):
+    """``lora_alpha=``: a trained LoRA's own factors and alpha are written as they are (PEFT reloads
+    the same delta; our reader gets back the same A, B and scale); inconsistent input is refused."""
+    from jaxmerge.adaptive.space import LoraSpec
+    from jaxmerge.adaptive.target_lora import load_peft, lora_adapters
+    root, base, _, _, tokens, _ = merged
+    rng = np.random.default_rng(5)
+    spec = LoraSpec(rank=4, alpha=8.0)
+    lora = {"a": {}, "b": {}}
+    for m in ("q_proj", "down_proj"):
+        o, d = base.config.module_shape(m)
+        lora["a"][m] = jnp.asarray(rng.normal(0, 0.2, (base.config.num_hidden_layers, 4, d)), jnp.float32)
+        lora["b"][m] = jnp.asarray(rng.normal(0, 0.2, (base.config.num_hidden_layers, o, 4)), jnp.float32)
+    adapters = lora_adapters(lora, spec.scale)
+    export_peft(adapters, base.config, str(tmp_path / "own"), lora_alpha=spec.alpha)
+    cfg = json.loads((tmp_path / "own" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
+    back, back_spec = load_peft(str(tmp_path / "own"), base.config)
+    assert back_spec.scale == spec.scale
+    for m in lora["a"]:
+        np.testing.assert_array_equal(np.asarray(back["a"][m]), np.asarray(lora["a"][m]))
+        np.testing.assert_array_equal(np.asarray(back["b"][m]), np.asarray(lora["b"][m]))
+    ours = np.asarray(jaxmerge.forward(base.params, jnp.asarray(tokens), base.config, adapters=adapters))
+    np.testing.assert_allclose(_peft_logits(root, tmp_path / "own", tokens), ours, **TOL)
+    with pytest.raises(ValueError, match="alpha/r"):
+        export_peft(adapters, base.config, str(tmp_path / "bad"), lora_alpha=4.0)
+    with pytest.raises(ValueError, match="rank="):
+        export_peft(adapters, base.config, str(tmp_path / "bad"), rank=2, lora_alpha=8.0)
+    with pytest.raises(ValueError, match="Factored"):
+        export_peft({m: a.dense() for m, a in adapters.items()}, base.config, str(tmp_path / "bad"), lora_alpha=8.0)

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..config import MODULES, LlamaConfig
 from ..lora import Factored
-from ..safetensors_io import save as save_safetensors
 from ..stacks import ModuleStack, Pool
 from .space import LoraSpec
 
@@ -63,24 +62,12 @@ def as_pool(lora: Mapping, scale: float, name: str = "target") -> Pool:
 
 
 def save_peft(lora: Mapping, spec: LoraSpec, config: LlamaConfig, out_dir: str, base_model: str | None = None) -> str:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` exactly as PEFT does (every layer
-    present, explicit target list); atomic per file."""
-    os.makedirs(out_dir, exist_ok=True)
-    tensors = {}
-    for m, a in lora["a"].items():
-        a, b = np.asarray(jax.device_get(a), np.float32), np.asarray(jax.device_get(lora["b"][m]), np.float32)
-        for layer in range(a.shape[0]):
-            pre = f"base_model.model.model.layers.{layer}.{_GROUP[m]}.{m}"
-            tensors[f"{pre}.lora_A.weight"] = np.ascontiguousarray(a[layer])
-            tensors[f"{pre}.lora_B.weight"] = np.ascontiguousarray(b[layer])
-    save_safetensors(os.path.join(out_dir, "adapter_model.safetensors"), tensors, metadata={"format": "pt"})
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
-           "target_modules": sorted(lora["a"]), "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
-           "use_dora": False, "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None,
-           "base_model_name_or_path": base_model, "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {}}
-    from .checkpoint import save_json
-    save_json(os.path.join(out_dir, "adapter_config.json"), cfg)
-    return out_dir
+    """The LoRA as a PEFT adapter folder (``pool.export.export_peft`` with its own factors and alpha)."""
+    from ..pool.export import export_peft
+    adapters = {m: Factored(jnp.asarray(a, jnp.float32), jnp.asarray(lora["b"][m], jnp.float32),
+                            jnp.full(a.shape[:2], np.float32(spec.alpha / spec.rank), jnp.float32))
+                for m, a in lora["a"].items()}
+    return export_peft(adapters, config, out_dir, lora_alpha=spec.alpha, base_model_name_or_path=base_model)
 
 
 def load_peft(path: str, config: LlamaConfig) -> tuple[dict, LoraSpec]:

@@ -142,16 +142,38 @@ def _factors(d, rank: int | None) -> tuple[jax.Array, jax.Array]:
     return _svd_factors(_dense(d), rank)
 
 
+def _raw_factors(d, lora_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """A LoRA's own (B, A), unscaled, checked to carry the one multiplier ``lora_alpha / r``."""
+    if not isinstance(d, Factored) or d.batched:
+        raise ValueError("lora_alpha= exports a LoRA's own factors: every module must be an unbatched Factored")
+    r = d.a.shape[1]
+    if not np.all(np.asarray(d.m) == np.float32(lora_alpha / r)):
+        raise ValueError(f"lora_alpha={lora_alpha}, rank {r}: the multipliers are not all alpha/r = {lora_alpha / r}")
+    return np.asarray(d.b, np.float32), np.asarray(d.a, np.float32)
+
+
 def export_peft(deltas_or_factors: Mapping[str, object], base_config: LlamaConfig, out_dir: str,
-                rank: int | None = None, *, dtype=np.float32, base_model_name_or_path: str | None = None) -> str:
-    """A PEFT LoRA adapter folder for the merge. deltas_or_factors: ``{module: Dense | Factored | [L, out, in]}``."""
+                rank: int | None = None, *, lora_alpha: float | None = None, dtype=np.float32,
+                base_model_name_or_path: str | None = None) -> str:
+    """A PEFT LoRA adapter folder. deltas_or_factors: ``{module: Dense | Factored | [L, out, in]}``.
+
+    By default the scale is folded into B and ``lora_alpha = r``. With ``lora_alpha`` (a trained
+    LoRA's own factors, all of one rank r with multiplier alpha/r) the factors are written as they are,
+    with that alpha: the adapter reloads with the same A, B and scale (for further training)."""
     if rank is not None and rank < 1:
         raise ValueError(f"rank {rank} must be ≥ 1")
+    if lora_alpha is not None and rank is not None:
+        raise ValueError("lora_alpha= writes a LoRA's own factors; it cannot be combined with rank=")
     L = base_config.num_hidden_layers
     modules = [m for m in MODULES if m in deltas_or_factors]
     if len(modules) != len(deltas_or_factors):
         raise ValueError(f"unknown modules {sorted(set(deltas_or_factors) - set(MODULES))}")
-    factors = {m: _factors(deltas_or_factors[m], rank) for m in modules}
+    if lora_alpha is not None:
+        factors = {m: _raw_factors(deltas_or_factors[m], lora_alpha) for m in modules}
+        if len({b.shape[2] for b, _ in factors.values()}) != 1:
+            raise ValueError("lora_alpha= needs one rank across modules")
+    else:
+        factors = {m: _factors(deltas_or_factors[m], rank) for m in modules}
     r = rank if rank is not None else max(b.shape[2] for b, _ in factors.values())
     tensors = {}
     for m in modules:
@@ -170,7 +192,8 @@ def export_peft(deltas_or_factors: Mapping[str, object], base_config: LlamaConfi
     os.makedirs(out_dir, exist_ok=True)
     save(os.path.join(out_dir, "adapter_model.safetensors"), tensors)
     _write_json(os.path.join(out_dir, "adapter_config.json"), {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r), "lora_alpha": int(r), "use_rslora": False,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r),
+        "lora_alpha": int(r) if lora_alpha is None else lora_alpha, "use_rslora": False,
         "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "use_dora": False,
         "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {},
         "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None, "inference_mode": True,
