@@ -38,22 +38,36 @@ def _mean_over_tasks(rows, field="test_accuracy") -> float:
     return float(np.mean([np.mean(v) for v in by_task.values()])) if by_task else float("nan")
 
 
+def _cell(rows, field="test_accuracy") -> str:
+    """Mean over tasks (each task averaged over its seeds); with several seeds, ± the standard
+    deviation over seeds of the per-seed task means."""
+    mean = _mean_over_tasks(rows, field)
+    if np.isnan(mean):
+        return "–"
+    seeds = sorted({r["spec"]["seed"] for r in rows})
+    if len(seeds) < 2:
+        return f"{mean:.3f}"
+    per_seed = [_mean_over_tasks([r for r in rows if r["spec"]["seed"] == s], field) for s in seeds]
+    return f"{mean:.3f} ± {np.std(per_seed):.3f}"
+
+
 def table2(rows: list[dict]) -> str:
     main = [r for r in rows if r["spec"]["k"] is None and not r["spec"]["random_pool"] and not r["spec"]["selection"]]
     tasks = sorted({r["spec"]["task"] for r in main})
     seeds = sorted({r["spec"]["seed"] for r in main})
-    lines = [f"Average test accuracy over {len(tasks)} tasks ({', '.join(tasks)}), seeds {seeds}.", "",
+    spread = " (± the standard deviation over seeds of the mean over tasks)" if len(seeds) > 1 else ""
+    lines = [f"Average test accuracy over {len(tasks)} tasks ({', '.join(tasks)}), seeds {seeds}{spread}.", "",
              "| Method | w/o target LoRA | w/ target LoRA |", "|---|---|---|"]
     for m in LABELS:
         sel = [r for r in main if r["spec"]["method"] == m]
         if not sel:
             continue
-        cells = [_mean_over_tasks([r for r in sel if r["spec"]["with_target_lora"] == tl]) for tl in (False, True)]
+        cells = [_cell([r for r in sel if r["spec"]["with_target_lora"] == tl]) for tl in (False, True)]
         k = sel[0].get("k")
-        lines.append(f"| {LABELS[m]} ({k}) | " + " | ".join("–" if np.isnan(c) else f"{c:.3f}" for c in cells) + " |")
+        lines.append(f"| {LABELS[m]} ({k}) | " + " | ".join(cells) + " |")
     if main:
-        lines.append(f"| Prompting (zero-shot) | {_mean_over_tasks(main, 'zero_shot_accuracy'):.3f} | |")
-        lines.append(f"| Target-task LoRA | {_mean_over_tasks(main, 'target_lora_accuracy'):.3f} | |")
+        lines.append(f"| Prompting (zero-shot) | {_cell(main, 'zero_shot_accuracy')} | |")
+        lines.append(f"| Target-task LoRA | {_cell(main, 'target_lora_accuracy')} | |")
     lines += ["", "Per task (w/o / w/ target LoRA):", "",
               "| Method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for m in LABELS:
@@ -162,8 +176,11 @@ def fig4(rows, path):
     return True
 
 
-def render(out: str, to: str) -> list[str]:
+def render(out: str, to: str, seeds=None) -> list[str]:
+    """Write table2.md and fig2–4.png from ``OUT/results.jsonl`` (only ``seeds`` when given)."""
     rows = read(os.path.join(out, "results.jsonl"))
+    if seeds is not None:
+        rows = [r for r in rows if r["spec"]["seed"] in set(seeds)]
     os.makedirs(to, exist_ok=True)
     written = []
     p = os.path.join(to, "table2.md")

@@ -154,10 +154,11 @@ def main(argv=None) -> int:
     d = sub.add_parser("render", help="table and figures from OUT/results.jsonl")
     d.add_argument("--out", default="runs/sweep")
     d.add_argument("--to", help="folder for table2.md and the PNGs (default OUT)")
+    d.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every seed in the results)")
     a = p.parse_args(argv)
     if a.cmd == "render":
         from experiments.render import render
-        for path in render(a.out, a.to or a.out):
+        for path in render(a.out, a.to or a.out, a.seeds):
             print(f"wrote {path}")
         return 0
     tasks = a.tasks
