@@ -39,8 +39,8 @@ def _mean_over_tasks(rows, field="test_accuracy") -> float:
 
 
 def _cell(rows, field="test_accuracy") -> str:
-    """Mean over tasks (each task averaged over its seeds); with several seeds, ± the standard
-    deviation over seeds of the per-seed task means."""
+    """Mean over tasks (each task averaged over its seeds); with several seeds, ± the sample standard
+    deviation over seeds of the per-seed task means (render complete seeds only: ``--seeds``)."""
     mean = _mean_over_tasks(rows, field)
     if np.isnan(mean):
         return "–"
@@ -48,14 +48,14 @@ def _cell(rows, field="test_accuracy") -> str:
     if len(seeds) < 2:
         return f"{mean:.3f}"
     per_seed = [_mean_over_tasks([r for r in rows if r["spec"]["seed"] == s], field) for s in seeds]
-    return f"{mean:.3f} ± {np.std(per_seed):.3f}"
+    return f"{mean:.3f} ± {np.std(per_seed, ddof=1):.3f}"
 
 
 def table2(rows: list[dict]) -> str:
     main = [r for r in rows if r["spec"]["k"] is None and not r["spec"]["random_pool"] and not r["spec"]["selection"]]
     tasks = sorted({r["spec"]["task"] for r in main})
     seeds = sorted({r["spec"]["seed"] for r in main})
-    spread = " (± the standard deviation over seeds of the mean over tasks)" if len(seeds) > 1 else ""
+    spread = " (± the sample standard deviation over seeds of the mean over tasks)" if len(seeds) > 1 else ""
     lines = [f"Average test accuracy over {len(tasks)} tasks ({', '.join(tasks)}), seeds {seeds}{spread}.", "",
              "| Method | w/o target LoRA | w/ target LoRA |", "|---|---|---|"]
     for m in LABELS:

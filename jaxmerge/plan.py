@@ -104,42 +104,29 @@ def random_arguments(compiled, vocab_size: int, seed: int = 0):
         elif jnp.issubdtype(dtype, jnp.integer):
             fill = lambda k, shape=shape, dtype=dtype: jnp.ones(shape, dtype)
         else:
-            fill = lambda k, shape=shape, dtype=dtype: (0.01 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+            fill = lambda k, shape=shape, dtype=dtype: 0.01 * jax.random.normal(k, shape, dtype)
         out.append(jax.jit(fill, out_shardings=sh)(jax.random.fold_in(jax.random.key(seed), i)))
     return jax.tree.unflatten(treedef, out)
 
 
-def _vm_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
     """Run the compiled step ``steps`` + 1 times on random arguments (the first is a warm-up) and
-    measure it: median seconds per step, and the memory the step itself adds — the devices' peak
-    bytes in use where the backend reports it (GPU/TPU), else the process's peak RSS growth (CPU;
-    the kernel's peak mark is reset just before the first step)."""
+    measure it: median seconds per step, and memory — where the backend reports it (GPU/TPU) the
+    devices' peak bytes in use (arguments included) and its growth during the steps, else the
+    process's peak RSS growth during the steps (CPU; the kernel's peak mark is reset just before the
+    first step; ``None`` where it cannot be reset)."""
     import jax
+
+    from .memstat import current_rss, peak_rss, reset_peak_rss
 
     state, frozen, mb = random_arguments(compiled, vocab_size)
     jax.block_until_ready((state, frozen, mb))
     devs = jax.local_devices()
     stats = [d.memory_stats() or {} for d in devs]
     on_device = all("peak_bytes_in_use" in s for s in stats)
-    in_use = max(s.get("bytes_in_use", 0) for s in stats) if on_device else None
-    if not on_device:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-    rss_before = _vm_kib("VmRSS")
+    in_use = [s.get("bytes_in_use", 0) for s in stats]
+    reset = False if on_device else reset_peak_rss()
+    rss_before = current_rss()
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
@@ -148,14 +135,14 @@ def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
         times.append(time.perf_counter() - t)
     out = {"steps": steps, "step_seconds": float(np.median(times[1:])) if steps else None,
            "first_step_seconds": times[0], "loss": float(loss)}
-    if on_device:
-        peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devs)
-        out.update(memory_source="device peak_bytes_in_use", peak_bytes_per_device=int(peak),
-                   bytes_in_use_before_per_device=int(in_use))
+    if on_device:  # the peak since the process started includes the arguments; the growth does not
+        peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devs]
+        out.update(memory_source="device peak_bytes_in_use", peak_bytes_per_device=int(max(peaks)),
+                   bytes_in_use_before_per_device=int(max(in_use)),
+                   peak_growth_bytes_per_device=int(max(p - u for p, u in zip(peaks, in_use))))
     else:
-        hwm = _vm_kib("VmHWM")
         out.update(memory_source="process peak RSS growth (CPU)",
-                   peak_growth_bytes=None if hwm is None or rss_before is None else hwm - rss_before)
+                   peak_growth_bytes=peak_rss() - rss_before if reset else None)
     return out
 
 
@@ -276,8 +263,13 @@ def run(args) -> int:
           f"for 100 steps (compiled in {r['compile_seconds']:.1f} s)")
     m = r["measured"]
     if m:
-        mem = (f"device peak {gib(m['peak_bytes_per_device'])}" if "peak_bytes_per_device" in m
-               else f"peak RSS growth {gib(m['peak_growth_bytes'] or 0)}")
+        if "peak_bytes_per_device" in m:
+            mem = (f"device peak {gib(m['peak_bytes_per_device'])} (growth during the steps "
+                   f"{gib(m['peak_growth_bytes_per_device'])})")
+        elif m["peak_growth_bytes"] is not None:
+            mem = f"peak RSS growth {gib(m['peak_growth_bytes'])}"
+        else:
+            mem = "peak RSS growth not measurable here"
         print(f"measured on {r['device_kind']}: {m['step_seconds']:.3f} s/step (median of {m['steps']}; first "
               f"{m['first_step_seconds']:.1f} s), {m['tflops_per_device']:.1f} TFLOP/s per device; {mem}")
     return 0

@@ -133,7 +133,7 @@ for m, st in s_pool.modules.items():
         x = getattr(st, f)
         if x.sharding.spec != rules.spec(ax[f], x.shape, mesh) or len(x.sharding.device_set) != 8:
             report["spec_errors"].append([m, f, str(x.sharding.spec)])
-report["b_spec"] = str(s_pool.modules["up_proj"].b.sharding.spec)
+report["specs"] = {m: [list(st.a.sharding.spec), list(st.b.sharding.spec)] for m, st in s_pool.modules.items()}
 batch = encode(examples, tok, None)
 kw = dict(adapters_per_batch=4, examples_per_step=2, progress=False)
 one = multi_eval.pool_losses(params, config, pool, batch, **kw)
@@ -164,6 +164,9 @@ def test_batched_evaluation_on_an_8_device_mesh():
     r = json.loads(out.stdout.split("REPORT", 1)[1])
     assert r["q_devices"] == 8 and "tensor" in r["q_spec"], r
     assert r["spec_errors"] == [], r
-    assert "tensor" in r["b_spec"], r  # up_proj's B is split over its out features like the base weight
+    # A [L, R, in] split over its in features, B [L, out, R] over its out features, like the base weight
+    assert r["specs"]["q_proj"] == [[None, None, "data"], [None, "tensor", None]], r
+    assert r["specs"]["up_proj"] == [[None, None, "data"], [None, "tensor", None]], r
+    assert r["specs"]["down_proj"] == [[None, None, "tensor"], [None, "data", None]], r
     assert r["loss_max_diff"] < 1e-5 and r["loss_ptp"] > 0.1, r
     assert r["answers_equal"] and r["distinct_answers"] > 1, r

@@ -190,6 +190,7 @@ for mod, st in s_pool.modules.items():
         x = getattr(st, f)
         if x.sharding.spec != rules.spec(stack_logical_axes(mod)[f], x.shape, mesh) or len(x.sharding.device_set) != 8:
             report["bad_stack_specs"].append([mod, f, str(x.sharding.spec)])
+report["specs"] = {m: [list(st.a.sharding.spec), list(st.b.sharding.spec)] for m, st in s_pool.modules.items()}
 # the state fit trains: placed replicated on the mesh, and one jitted step keeps it so
 opt = optimizer(tuning, w0)
 state = place_state({"trainable": jax.tree.map(jnp.array, w0), "opt": opt.init(w0)}, mesh)
@@ -218,6 +219,8 @@ def test_training_on_a_simulated_8_device_mesh(setup):
     # params, pool stacks and the trainable state sharded as the rules say …
     assert r["q_devices"] == 8 and "tensor" in r["q_spec"], r
     assert r["bad_stack_specs"] == [], r
+    assert r["specs"]["q_proj"] == [[None, None, "data"], [None, "tensor", None]], r
+    assert r["specs"]["down_proj"] == [[None, None, "tensor"], [None, "data", None]], r
     assert r["state_leaves"] >= 3 and r["state_not_replicated"] == [], r
     # … and the sharded run trains the same coefficients (which did move from 0)
     assert r["w_max_diff"] <= 1e-6 + 1e-4 * r["w_max"] and r["w_max"] > 1e-3, r

@@ -18,9 +18,17 @@ def test_bench_merge_json(tmp_path, capsys):
     cfg = tmp_path / "config.json"
     LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=128).to_json_file(str(cfg))
+    # four known adapter shapes (the shapes file's format), all drawn since k = 4
+    pool_shapes = tmp_path / "shapes.json"
+    pool_shapes.write_text(json.dumps({"adapters": [
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        {"r": 8, "lora_alpha": 16, "target_modules": list(SHAPES)},
+        {"r": 2, "lora_alpha": 2, "target_modules": ["gate_proj", "up_proj", "down_proj"]},
+        {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}]}))
+    sum_r = {"q_proj": 28, "k_proj": 24, "v_proj": 28, "o_proj": 24, "gate_proj": 10, "up_proj": 10, "down_proj": 10}
     out = tmp_path / "bench.json"
     rc = main(["bench", "merge", "--json", "--model", str(cfg), "--k", "4", "--layers", "2", "--rounds", "2",
-               "--method-layers", "1", "--out", str(out)])
+               "--method-layers", "1", "--pool-shapes", str(pool_shapes), "--out", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res == json.loads(out.read_text())
@@ -29,8 +37,8 @@ def test_bench_merge_json(tmp_path, capsys):
     assert res["peak_gflops"] == max(res["peak_jax_gflops"], res["peak_torch_gflops"])
     assert len(res["fraction_of_peak_per_round"]) == 2
     # useful work is 2·out·in·Σr per module and layer
-    sum_r = res["sum_r_per_module"]
-    expect = 2 * sum(o * d * sum_r[m] for m, (o, d) in SHAPES.items() if m in sum_r)
+    assert res["sum_r_per_module"] == sum_r
+    expect = 2 * sum(o * d * sum_r[m] for m, (o, d) in SHAPES.items())
     assert abs(res["useful_gflop"] - 2 * expect / 1e9) <= 1e-12
     # float32 merge of random factors: jaxmerge and PEFT agree to rounding
     assert res["peft_max_rel_diff_layer0"] < 1e-5
@@ -38,4 +46,5 @@ def test_bench_merge_json(tmp_path, capsys):
         assert res[method]["layers"] == 1 and res[method]["seconds_per_layer"] > 0
     mem = res["memory"]
     assert mem["stack_bytes"] > 0
-    assert mem["one_layer_delta_bytes"] == 4 * sum(o * d for m, (o, d) in SHAPES.items() if m in sum_r)
+    assert mem["one_layer_delta_bytes"] == 4 * sum(o * d for o, d in SHAPES.values())
+    assert mem["stack_bytes"] == 4 * 2 * sum(sum_r[m] * (o + d) for m, (o, d) in SHAPES.items())

@@ -1,5 +1,5 @@
-"""``jaxmerge bench merge``: materialise merged ΔW at Llama-3.1-8B shapes and compare with the
-machine's float32 matmul peak and with PEFT/PyTorch folding the same adapters.
+"""``jaxmerge bench merge``: materialise merged ΔW at Llama-3.1-8B shapes (or ``--model``'s) and
+compare with the machine's float32 matmul peak and with PEFT/PyTorch folding the same adapters.
 
 k adapters (default 30) are drawn with the real pool's (rank, alpha, target modules) mix
 (``jaxmerge.shapes``: the shapes file when found, else built-in proportions); their factors are
@@ -12,12 +12,14 @@ random. For N layers (default 2) and every targeted module the benchmark measure
   CPU (how the authors' release folds adapters); its layer 0 is checked against jaxmerge's;
 * TIES and TSV on ``--method-layers`` layers at the same shapes.
 
-The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass) and keeps the
-best of each; the per-round ratio is reported too. Useful work counts 2·out·in·Σr FLOPs per module
-and layer (Σr over the adapters that target the module). Memory: the kernel's peak-RSS mark is reset
-after the stacks are built and the merges compiled, so the first merge pass's peak above that
-baseline is the merge's own footprint, compared with one layer's deltas (the budget is stacks + one
-layer's deltas); XLA's workspace per module call (``memory_analysis``) is reported beside it.
+The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass, one pass of
+XLA's bare GEMM on the same operands) and keeps the best of each; the per-round ratio is reported
+too, and PEFT (run once) is compared with jaxmerge's median round. Useful work counts 2·out·in·Σr
+FLOPs per module and layer (Σr over the adapters that target the module). Memory: before anything
+else of these shapes is allocated, the kernel's peak-RSS mark is reset and one untimed merge pass
+runs; its peak above that baseline (stacks held) is the merge's own footprint, compared with one
+layer's deltas (the budget is stacks + one layer's deltas); XLA's workspace per module call
+(``memory_analysis``) is reported beside it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
+
+from ..memstat import current_rss, peak_rss, reset_peak_rss
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,19 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
                         "(shapes only)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
-
-
-def _rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return _rss_bytes()
 
 
 PEAK_N = 4096
@@ -94,28 +84,6 @@ def _time_matmuls(arrays, repeats: int = 3) -> tuple[float, float]:
         torch.matmul(ta, tb)
         best_torch = min(best_torch, time.perf_counter() - t)
     return best_jax, best_torch
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    """Peak RSS since the last reset (VmHWM), else since the start (getrusage)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _rss_bytes()
 
 
 def synth_pool(config, adapters, seed: int, std: float = 0.02):
@@ -216,8 +184,8 @@ def _merge_pass(fns, pool, layers: int, label: str):
 
 
 def _compile_per_module(fn, pool) -> tuple[dict, float, dict]:
-    """AOT-compile ``fn(stack, layer)`` per module: (executables, seconds, XLA's memory plan of the
-    largest-workspace module)."""
+    """AOT-compile ``fn(stack, layer)`` per module: (executables, seconds, XLA's workspace bytes per
+    module)."""
     import jax
 
     t = time.perf_counter()
@@ -251,7 +219,7 @@ def run(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     log(f"model {args.model}; shapes: {source}; k={len(adapters)} ranks={sorted(s.r for s in adapters)}")
 
-    rss_before = _current_rss_bytes()
+    rss_before = current_rss()
     pool = synth_pool(config, adapters, args.seed)
     n = len(adapters)
     w = jnp.full((n,), 1.0 / n, jnp.float32)
@@ -259,38 +227,42 @@ def run(args) -> int:
     layer_delta_bytes = sum(s.b.shape[1] * s.a.shape[2] * 4 for s in pool.modules.values())
     useful_flops = sum(2.0 * s.b.shape[1] * s.a.shape[2] * sum(s.ranks) for s in pool.modules.values()) * args.layers
     fns, compile_s, temps = _compile_per_module(lambda s, l: linear(layer_window(s, l), w), pool)
-    ref0 = {m: np.asarray(fns[m](st, 0)) for m, st in pool.modules.items()}
     peak_arrays = _peak_arrays()
-    # XLA's own GEMM on exactly the merge's operand shapes (layer 0, contiguous, unscaled): what the
-    # merge would run at with zero overhead of its own
-    dot = jax.jit(jnp.dot)
-    gemm_ops = [(st.b[0], st.a[0]) for st in pool.modules.values()]
-    jax.block_until_ready([dot(b, a) for b, a in gemm_ops])
 
-    # Interleaved rounds (the machine is shared): each round times the JAX and torch float32 matmul
-    # peaks and one merge pass; the best of each is kept, and the per-round ratio is reported too.
-    # Round 0's merge pass also measures memory: the peak RSS is reset just before it.
+    # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
+    # could be reused unseen): the kernel's peak-RSS mark is reset, one merge pass runs, the peak
+    # above that baseline is the merge's own footprint.
+    reset = reset_peak_rss()
+    rss_base = current_rss()
+    _merge_pass(fns, pool, args.layers, "jaxmerge (memory pass)")
+    rss_peak = peak_rss()
+    ref0 = {m: np.asarray(fns[m](st, 0))[0] for m, st in pool.modules.items()}
+    # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled; one sync per
+    # layer like the merge pass): what the merge would run at with zero overhead of its own
+    dot = jax.jit(jnp.dot)
+    gemm_ops = [[(st.b[l], st.a[l]) for st in pool.modules.values()] for l in range(args.layers)]
+    jax.block_until_ready([dot(b, a) for b, a in gemm_ops[0]])
+
+    # Interleaved timed rounds (the machine is shared): each round times the JAX and torch float32
+    # matmul peaks, one merge pass and one same-shape GEMM pass; the best of each is kept, and the
+    # per-round ratio is reported too.
     best = {"jax": float("inf"), "torch": float("inf"), "merge": float("inf"), "gemm": float("inf")}
-    ratios, mem = [], {}
+    ratios, merge_times = [], []
     for i in range(args.rounds):
         jax_mm, torch_mm = _time_matmuls(peak_arrays)
-        if i == 0:
-            reset = _reset_peak_rss()
-            rss_base = _current_rss_bytes()
         t = _merge_pass(fns, pool, args.layers, f"jaxmerge round {i + 1}/{args.rounds}")
-        if i == 0:
-            mem = {"peak_reset": reset, "rss_base": rss_base, "rss_peak": _peak_rss_bytes()}
         t_gemm = time.perf_counter()
-        for b, a in gemm_ops:
-            dot(b, a).block_until_ready()
+        for layer_ops in gemm_ops:
+            jax.block_until_ready([dot(b, a) for b, a in layer_ops])
         t_gemm = time.perf_counter() - t_gemm
         best = {"jax": min(best["jax"], jax_mm), "torch": min(best["torch"], torch_mm), "merge": min(best["merge"], t),
                 "gemm": min(best["gemm"], t_gemm)}
+        merge_times.append(t)
         ratios.append((useful_flops / t) / (PEAK_FLOPS / min(jax_mm, torch_mm)))
     del peak_arrays, gemm_ops
     peak = {"jax_gflops": PEAK_FLOPS / best["jax"] / 1e9, "torch_gflops": PEAK_FLOPS / best["torch"] / 1e9}
     jax_s = best["merge"]
-    workspace = mem["rss_peak"] - mem["rss_base"]
+    workspace = rss_peak - rss_base
     result = {
         "model": args.model, "shapes_source": source, "k": n, "layers": args.layers, "seed": args.seed,
         "rounds": args.rounds, "ranks": [s.r for s in adapters],
@@ -301,13 +273,14 @@ def run(args) -> int:
         "peak_gflops": max(peak.values()), "peak_jax_gflops": peak["jax_gflops"],
         "peak_torch_gflops": peak["torch_gflops"],
         "fraction_of_peak_per_round": ratios,
-        "xla_gemm_same_shapes_gflops": useful_flops / args.layers / best["gemm"] / 1e9,
+        "jaxmerge_seconds_median": float(np.median(merge_times)),
+        "xla_gemm_same_shapes_gflops": useful_flops / best["gemm"] / 1e9,
         "memory": {
             "stack_bytes": stack_bytes, "one_layer_delta_bytes": layer_delta_bytes,
             "budget_bytes": stack_bytes + layer_delta_bytes,
-            "rss_before_stacks_bytes": rss_before, "rss_with_stacks_bytes": mem["rss_base"],
-            "merge_peak_above_stacks_bytes": workspace if mem["peak_reset"] else None,
-            "process_peak_rss_bytes": mem["rss_peak"],
+            "rss_before_stacks_bytes": rss_before, "rss_baseline_bytes": rss_base,
+            "merge_peak_above_baseline_bytes": workspace if reset else None,
+            "process_peak_rss_bytes": rss_peak,
             "xla_temp_bytes_per_module": temps,
         },
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
@@ -315,14 +288,14 @@ def run(args) -> int:
     }
     result["fraction_of_peak"] = result["useful_gflops"] / result["peak_gflops"]
     m = result["memory"]
-    m["within_budget"] = None if not mem["peak_reset"] else stack_bytes + workspace <= m["budget_bytes"]
+    m["within_budget"] = None if not reset else stack_bytes + workspace <= m["budget_bytes"]
     log(f"jaxmerge linear: {args.layers} layers in {jax_s:.3f} s (compile {compile_s:.1f} s) = "
         f"{result['useful_gflops']:.0f} useful GFLOP/s; peak {result['peak_gflops']:.0f} GFLOP/s "
         f"(jax {peak['jax_gflops']:.0f}, torch {peak['torch_gflops']:.0f}) → {result['fraction_of_peak']:.2f} of peak "
         f"(per round: {', '.join(f'{r:.2f}' for r in ratios)}); XLA's own GEMM on the same operand shapes "
         f"{result['xla_gemm_same_shapes_gflops']:.0f} GFLOP/s")
-    if mem["peak_reset"]:
-        log(f"memory: merge peak above the stacks {workspace / 2**30:.3f} GiB vs one layer's deltas "
+    if reset:
+        log(f"memory: merge peak above the baseline (stacks held) {workspace / 2**30:.3f} GiB vs one layer's deltas "
             f"{layer_delta_bytes / 2**30:.3f} GiB (stacks {stack_bytes / 2**30:.2f} GiB; largest XLA workspace "
             f"{max(t or 0 for t in temps.values()) / 2**30:.3f} GiB)")
     else:
@@ -341,10 +314,11 @@ def run(args) -> int:
     if not args.no_peft:
         peft_s, first = peft_fold(pool, w, args.layers)
         err = max(float(np.abs(first[m] - ref0[m]).max() / max(np.abs(first[m]).max(), 1e-30)) for m in first)
+        # PEFT runs once, so it is compared with jaxmerge's median round, not its best
         result.update(peft_seconds=peft_s, peft_gflops=useful_flops / peft_s / 1e9,
-                      speedup_vs_peft=peft_s / jax_s, peft_max_rel_diff_layer0=err)
+                      speedup_vs_peft=peft_s / result["jaxmerge_seconds_median"], peft_max_rel_diff_layer0=err)
         log(f"peft get_delta_weight fold: {peft_s:.2f} s ({result['peft_gflops']:.0f} GFLOP/s) → "
-            f"jaxmerge {result['speedup_vs_peft']:.1f}× faster; max rel diff {err:.1e}")
+            f"jaxmerge {result['speedup_vs_peft']:.1f}× faster (median round); max rel diff {err:.1e}")
     result["load_average_end"] = list(os.getloadavg())
 
     text = json.dumps(result, indent=1)

@@ -6,6 +6,7 @@ large), with ``config.json``, generation config and tokenizer files copied from 
 ``export_peft`` writes an adapter every consumer loads: one uniform rank r, ``lora_alpha = r`` (scale
 1, the merge's scale folded into B), an explicit ``target_modules`` list, every layer present, no
 rank/alpha patterns — within vLLM's constraints (r ≤ 512) and TGI's (no module type missing a layer).
+With ``lora_alpha=`` it writes a trained LoRA's own factors and alpha unchanged instead.
 
 * exact (``rank=None``): factored input keeps its concatenated rows (B·diag(m), A); dense input is
   factored by SVD at its numerical rank (singular values above 1e-6·σ_max of that module).
@@ -147,7 +148,7 @@ def _raw_factors(d, lora_alpha: float) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(d, Factored) or d.batched:
         raise ValueError("lora_alpha= exports a LoRA's own factors: every module must be an unbatched Factored")
     r = d.a.shape[1]
-    if not np.all(np.asarray(d.m) == np.float32(lora_alpha / r)):
+    if not np.allclose(np.asarray(d.m, np.float64), lora_alpha / r, rtol=1e-6, atol=0):
         raise ValueError(f"lora_alpha={lora_alpha}, rank {r}: the multipliers are not all alpha/r = {lora_alpha / r}")
     return np.asarray(d.b, np.float32), np.asarray(d.a, np.float32)
 
@@ -193,7 +194,7 @@ def export_peft(deltas_or_factors: Mapping[str, object], base_config: LlamaConfi
     save(os.path.join(out_dir, "adapter_model.safetensors"), tensors)
     _write_json(os.path.join(out_dir, "adapter_config.json"), {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r),
-        "lora_alpha": int(r) if lora_alpha is None else lora_alpha, "use_rslora": False,
+        "lora_alpha": int(r) if lora_alpha is None else float(lora_alpha), "use_rslora": False,
         "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "use_dora": False,
         "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {},
         "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None, "inference_mode": True,
