@@ -91,8 +91,8 @@ def random_arguments(compiled, vocab_size: int, seed: int = 0):
     mesh = next(x.mesh for x in flat_sh if x is not None)
     flat_sh = [jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if x is None else x for x in flat_sh]
     assert len(flat_sh) == len(flat), (len(flat_sh), len(flat))
-    out = []
-    for i, ((path, a), sh) in enumerate(zip(flat, flat_sh)):
+    fills = []
+    for path, a in flat:
         shape, dtype = a.shape, a._aval.dtype if not hasattr(a, "dtype") else a.dtype
         name = jax.tree_util.keystr(path)
         if dtype == jnp.bool_:
@@ -105,8 +105,9 @@ def random_arguments(compiled, vocab_size: int, seed: int = 0):
             fill = lambda k, shape=shape, dtype=dtype: jnp.ones(shape, dtype)
         else:
             fill = lambda k, shape=shape, dtype=dtype: 0.01 * jax.random.normal(k, shape, dtype)
-        out.append(jax.jit(fill, out_shardings=sh)(jax.random.fold_in(jax.random.key(seed), i)))
-    return jax.tree.unflatten(treedef, out)
+        fills.append(fill)
+    make = lambda key: [f(jax.random.fold_in(key, i)) for i, f in enumerate(fills)]  # one program, one compile
+    return jax.tree.unflatten(treedef, jax.jit(make, out_shardings=flat_sh)(jax.random.key(seed)))
 
 
 def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
