@@ -168,9 +168,9 @@ def test_pi_tuning_joint_state_and_softmax(setup, target_dir, tmp_path):
 
 
 def test_lorahub_gradient_free_repeats_and_improves(setup, tmp_path):
-    r1 = _run("lorahub", setup, tmp_path / "a", budget=8)
-    r2 = _run("lorahub", setup, tmp_path / "b", budget=8)
-    assert r1["search_best_loss"] <= r1["search_init_loss"]
+    r1 = _run("lorahub", setup, tmp_path / "a", budget=24)
+    r2 = _run("lorahub", setup, tmp_path / "b", budget=24)
+    assert r1["search_best_loss"] < r1["search_init_loss"]  # the search found better coefficients
     assert r1["search_best_loss"] == r2["search_best_loss"]
     np.testing.assert_array_equal(np.load(r1["coefficients_path"])["w"], np.load(r2["coefficients_path"])["w"])
     assert np.all(np.abs(np.load(r1["coefficients_path"])["w"]) <= 1.5)

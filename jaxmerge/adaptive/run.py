@@ -95,7 +95,7 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
     else:
         if pool is None:
             raise ValueError(f"method {m.name!r} needs a pool of LoRAs")
-        merged, info = _merged_pool(m, base, pool, task_data, train_b, keys, out_dir, target_lora,
+        merged, info = _merged_pool(m, base, pool, task_data, train_b, val_b, keys, out_dir, target_lora,
                                     target_lora_steps, mesh, progress)
         result.update(info)
         adapters, history, res, arrays = _tune(m, merged, frozen, config, train_b, val_b, keys, out_dir, mesh, progress)
@@ -112,17 +112,17 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
 
 
 # --- pieces ---------------------------------------------------------------------------------------
-def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, keys, out_dir, target_lora, target_steps,
+def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, val_b, keys, out_dir, target_lora, target_steps,
                  mesh, progress) -> tuple[Pool, dict]:
     """Select k recycled LoRAs (+ target in slot 0, + random redraw); the pool to merge and a report."""
     from ..pool.derive import random_reinit, with_target
-    from .multi_eval import score_pool
+    from .multi_eval import pool_losses, score_pool
     from .selection import select
 
     kind = m.selection.kind
     target = None
     if m.with_target_lora or kind in SIMILARITY_SELECTIONS:
-        target = _target_pool(base, task_data, target_lora, target_steps, keys["target"],
+        target = _target_pool(base, train_b, val_b, target_lora, target_steps, keys["target"],
                               os.path.join(out_dir, "target_lora"), mesh, progress)
     k = m.selection.k if m.selection.k is not None else pool.num_adapters
     path = os.path.join(out_dir, "selection.json")
@@ -136,9 +136,8 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, keys, out_dir,
             if task.protocol == "generate":  # the paper: accuracy of each LoRA alone on the train examples
                 scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
                                     max_new_tokens=task.max_new_tokens, system=task.system, progress=progress)
-            else:  # multiple choice: minus the answer loss of each LoRA alone
-                scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
-                                    score="loss", progress=progress)
+            else:  # multiple choice: minus the answer loss of each LoRA alone, on the training batches
+                scores = -pool_losses(base.params, base.config, pool, train_b, progress=progress)
         idx = select(pool, kind, k, key=keys["select"], target_index=target, eval_scores=scores)
         ckpt.save_json(path, {"kind": kind, "k": k, "indices": idx.tolist(),
                               "names": [pool.names[i] for i in idx],
@@ -152,16 +151,15 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, keys, out_dir,
                     "num_merged": merged.num_adapters}
 
 
-def _target_pool(base, task_data, target_lora, steps, key, out_dir, mesh, progress) -> Pool:
-    """The target-task LoRA as a one-adapter pool: given (Pool or PEFT folder) or trained here."""
+def _target_pool(base, train_b, val_b, target_lora, steps, key, out_dir, mesh, progress) -> Pool:
+    """The target-task LoRA as a one-adapter pool: given (Pool or PEFT folder) or trained here on the
+    run's own encoded batches."""
     if isinstance(target_lora, Pool):
         return target_lora
     if target_lora is None:
         peft_dir = os.path.join(out_dir, "adapter")
         if not os.path.exists(os.path.join(peft_dir, "adapter_config.json")):
-            m = make_method("target-lora", steps=steps)
-            enc = lambda ex: encode(ex, base.tokenizer, None, system=task_data.task.system)
-            _train_lora(m, base, enc(task_data.train), enc(task_data.validation), key, out_dir, mesh, progress)
+            _train_lora(make_method("target-lora", steps=steps), base, train_b, val_b, key, out_dir, mesh, progress)
         target_lora = peft_dir
     lora, spec = load_peft(os.fspath(target_lora), base.config)
     return as_pool(lora, spec.scale, name=f"target:{os.fspath(target_lora)}")
