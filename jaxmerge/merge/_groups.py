@@ -67,3 +67,31 @@ def per_layer_weights(weights, stack: ModuleStack) -> jax.Array:
     if w.ndim != 2 or w.shape[0] != n or w.shape[1] not in (1, L):
         raise ValueError(f"weights of shape {tuple(jnp.shape(weights))}: expected [N]={n} or [N, L]=[{n}, {L}]")
     return jnp.broadcast_to(w, (n, L))
+
+
+def weighted_groups(stack: ModuleStack, weights) -> list[tuple]:
+    """Per rank group, layer-major: (A ``[L, g, r, in]``, B ``[L, g, out, r]``, s ``[g]``, w ``[L, g]``);
+    ``weights`` ``[N]`` or ``[N, L]``, None → 1/N each."""
+    n = stack.num_adapters
+    w = per_layer_weights(jnp.full((n,), 1.0 / n) if weights is None else weights, stack)
+    out = []
+    for grp in rank_groups(stack):
+        a, b, s = group_factors(stack, grp)
+        out.append((a, b, s, w[jnp.asarray(grp.adapters)].T))
+    return out
+
+
+def scan_layers(stack: ModuleStack, weights, layer_fn) -> jax.Array:
+    """``layer_fn([(a [g, r, in], b [g, out, r], s [g], w [g]) per rank group]) -> [out, in]`` scanned
+    over layers, so only one layer's working set is ever live → ``[L, out, in]`` in the stack's dtype
+    (zeros when no adapter targets the module)."""
+    L, o, d = stack.a.shape[0], stack.b.shape[1], stack.a.shape[2]
+    groups = weighted_groups(stack, weights)
+    if not groups:
+        return jnp.zeros((L, o, d), stack.a.dtype)
+    scales = [s for _, _, s, _ in groups]
+
+    def body(_, per_layer):
+        return None, layer_fn([(a, b, s, w) for (a, b, w), s in zip(per_layer, scales)]).astype(stack.a.dtype)
+
+    return jax.lax.scan(body, None, [(a, b, w) for a, b, _, w in groups])[1]

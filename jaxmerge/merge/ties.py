@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ..stacks import ModuleStack
-from ._groups import group_factors, per_layer_weights, rank_groups
+from ._groups import scan_layers
 
 SIGN_METHODS = ("total", "frequency")
 _HI_BITS, _LO_BITS = 16, 15  # |x| as int32 has 31 significant bits
@@ -75,40 +75,21 @@ def magnitude_mask(x: jax.Array, density: float) -> jax.Array:
     return _kept(x, jnp.int32(keep_count(density, x.size)))
 
 
-def _groups(stack: ModuleStack, weights):
-    """Per rank group: (A [L,g,r,in], B [L,g,out,r], w [L,g]) layer-major, and s [g]."""
-    w = per_layer_weights(weights, stack)
-    xs, scales = [], []
-    for grp in rank_groups(stack):
-        a, b, s = group_factors(stack, grp)
-        xs.append((a, b, w[jnp.asarray(grp.adapters)].T))
-        scales.append(s)
-    return xs, scales
-
-
 def _delta(a, b, s):
     """s·B·A for one adapter in one layer: a ``[r, in]``, b ``[out, r]`` → ``[out, in]`` (PEFT's order:
     the product first, then the scale)."""
     return jnp.einsum("or,rd->od", b, a) * s.astype(b.dtype)
 
 
+def _kept_at(delta, t, k):
+    """Mask of the entries of one matrix at or above its magnitude threshold ``t`` (from
+    ``magnitude_threshold(delta, k)``); nothing when k = 0."""
+    return (magnitude_key(delta) >= t) & (k > 0)
+
+
 def _kept(delta, k):
     """Mask of the k largest-magnitude entries of one matrix; ``k`` traced (0 ≤ k ≤ size)."""
-    return (magnitude_key(delta) >= magnitude_threshold(delta, k)) & (k > 0)
-
-
-def _over_layers(stack: ModuleStack, weights, layer_fn) -> jax.Array:
-    """``layer_fn([(a [g,r,in], b [g,out,r], s [g], w [g]) per group]) -> [out, in]`` scanned over
-    layers, so only one layer's working set is ever live → ``[L, out, in]``."""
-    L, o, d = stack.a.shape[0], stack.b.shape[1], stack.a.shape[2]
-    xs, scales = _groups(stack, weights)
-    if not xs:
-        return jnp.zeros((L, o, d), stack.a.dtype)
-
-    def body(_, per_layer):
-        return None, layer_fn([(a, b, s, w) for (a, b, w), s in zip(per_layer, scales)]).astype(stack.a.dtype)
-
-    return jax.lax.scan(body, None, xs)[1]
+    return _kept_at(delta, magnitude_threshold(delta, k), k)
 
 
 def ties(stack: ModuleStack, weights: jax.Array, density: float, sign: str = "total") -> jax.Array:
@@ -133,7 +114,7 @@ def _ties(stack: ModuleStack, weights: jax.Array, k: jax.Array, sign: str) -> ja
             a, b, s = x
             delta = _delta(a, b, s)
             t = magnitude_threshold(delta, k)
-            kept = jnp.where((magnitude_key(delta) >= t) & (k > 0), delta, 0).astype(jnp.float32)
+            kept = jnp.where(_kept_at(delta, t, k), delta, 0).astype(jnp.float32)
             return stat + (kept if sign == "total" else jnp.sign(kept).astype(jnp.int32)), t
 
         stat = jnp.zeros((o, d), jnp.float32 if sign == "total" else jnp.int32)
@@ -147,7 +128,7 @@ def _ties(stack: ModuleStack, weights: jax.Array, k: jax.Array, sign: str) -> ja
             num, cnt = carry
             a, b, s, w, t = x
             delta = _delta(a, b, s).astype(jnp.float32)
-            agree = (magnitude_key(delta) >= t) & (k > 0) & (delta != 0) & ((delta > 0) == positive)
+            agree = _kept_at(delta, t, k) & (delta != 0) & ((delta > 0) == positive)
             return (num + jnp.where(agree, w * delta, 0), cnt + agree), None
 
         carry = (jnp.zeros((o, d), jnp.float32), jnp.zeros((o, d), jnp.float32))
@@ -156,7 +137,7 @@ def _ties(stack: ModuleStack, weights: jax.Array, k: jax.Array, sign: str) -> ja
         num, cnt = carry
         return num / jnp.maximum(cnt, 1.0)
 
-    return _over_layers(stack, weights, layer)
+    return scan_layers(stack, weights, layer)
 
 
 def magnitude_prune(stack: ModuleStack, weights: jax.Array, density: float) -> jax.Array:
@@ -180,4 +161,4 @@ def _magnitude_prune(stack: ModuleStack, weights: jax.Array, k: jax.Array) -> ja
             acc, _ = jax.lax.scan(add, acc, g)
         return acc
 
-    return _over_layers(stack, weights, layer)
+    return scan_layers(stack, weights, layer)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ..stacks import ModuleStack
-from ._groups import group_factors, per_layer_weights, rank_groups
+from ._groups import scan_layers, weighted_groups
 
 
 def _unbatched(fn, *xs):
@@ -92,17 +92,6 @@ def polar(x: jax.Array) -> jax.Array:
     return jnp.einsum("...mj,...jk,...kn->...mn", q, p * keep[..., None, :], qt)
 
 
-def _groups(stack: ModuleStack, weights):
-    """Per rank group: (A [L,g,r,in], B [L,g,out,r], s [g], w [L,g]) — weights default 1/N."""
-    n = stack.num_adapters
-    w = per_layer_weights(jnp.full((n,), 1.0 / n) if weights is None else weights, stack)
-    out = []
-    for grp in rank_groups(stack):
-        a, b, s = group_factors(stack, grp)
-        out.append((a, b, s, w[jnp.asarray(grp.adapters)].T))
-    return out
-
-
 def _triplets(groups, k: int):
     """Stacked weighted triplets from per-group factors with any leading dims ``...``:
     U ``[..., out, T]``, S ``[..., T]``, V ``[..., in, T]``."""
@@ -120,7 +109,7 @@ def _triplets(groups, k: int):
 def tsv_triplets(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None):
     """Stacked weighted triplets of every adapter: U ``[L, out, T]``, S ``[L, T]``, V ``[L, in, T]``,
     T = Σ_i min(k, r_i) (columns of dropped triplets are zero). Weights default to 1/N."""
-    return _triplets(_groups(stack, weights), k)
+    return _triplets(weighted_groups(stack, weights), k)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -128,14 +117,8 @@ def tsv(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None) -> jax
     """TSV merge ``[L, out, in]``: top-k triplets per adapter, weighted singular values (``weights``
     ``[N]`` or ``[N, L]``; default 1/N each), polar-orthogonalised stacked U and V. Layers are
     scanned, so on a mesh only one layer's factors are ever gathered for the QR."""
-    L, o, d = stack.a.shape[0], stack.b.shape[1], stack.a.shape[2]
-    if not any(stack.ranks):
-        return jnp.zeros((L, o, d), stack.a.dtype)
-    groups = _groups(stack, weights)
-    scales = [s for _, _, s, _ in groups]
+    def layer(groups):
+        u, sv, v = _triplets(groups, k)
+        return jnp.einsum("ok,k,dk->od", polar(u), sv, polar(v))
 
-    def layer(_, xs):
-        u, sv, v = _triplets([(a, b, s, w) for (a, b, w), s in zip(xs, scales)], k)
-        return None, jnp.einsum("ok,k,dk->od", polar(u), sv, polar(v)).astype(stack.a.dtype)
-
-    return jax.lax.scan(layer, None, [(a, b, w) for a, b, _, w in groups])[1]
+    return scan_layers(stack, weights, layer)

@@ -34,7 +34,7 @@ from ..config import ATTN_MODULES, MODULES, LlamaConfig
 from ..lora import Dense, Factored
 from ..params import Base, params_to_hf
 from ..safetensors_io import SafeFile, save
-from ..merge.tsv import qr_each, svd_each
+from ..merge.tsv import factor_svd, svd_each
 
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
@@ -123,14 +123,9 @@ def truncate_factored(f: Factored, k: int) -> tuple[jax.Array, jax.Array]:
     R, (out_dim, in_dim) = a.shape[1], (bm.shape[1], a.shape[2])
     if R >= min(out_dim, in_dim):
         return _svd_factors(jnp.einsum("lor,lrd->lod", bm, a), k)
-    qb, rb = qr_each(bm)                                # [L, out, R], [L, R, R]
-    qa, ra = qr_each(jnp.swapaxes(a, 1, 2))             # [L, in, R], [L, R, R]
-    u, s, vt = svd_each(rb @ jnp.swapaxes(ra, 1, 2))
-    k_ = min(k, R)
-    root = jnp.sqrt(s[:, :k_])
-    B = jnp.einsum("lor,lrk->lok", qb, u[:, :, :k_]) * root[:, None, :]
-    A = root[:, :, None] * jnp.einsum("lkr,ldr->lkd", vt[:, :k_, :], qa)
-    return B, A
+    u, sv, v = factor_svd(a, bm, 1.0, k)                 # [L, out, k], [L, k], [L, in, k]
+    root = jnp.sqrt(sv)
+    return u * root[:, None, :], jnp.swapaxes(v * root[:, None, :], 1, 2)
 
 
 def _factors(d, rank: int | None) -> tuple[jax.Array, jax.Array]:
