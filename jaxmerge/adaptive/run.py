@@ -35,11 +35,11 @@ from ..tasks import encode, evaluate
 from . import checkpoint as ckpt
 from .lorahub import search
 from .methods import METHODS, method as make_method
+from .selection import SIMILARITIES
 from .space import LoraSpec, Method
 from .target_lora import as_pool, init_lora, load_peft, lora_adapters, save_peft
 from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval
 
-SIMILARITY_SELECTIONS = ("cosine", "clamp", "abs", "quasi_fim")
 
 
 def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data, *, k: int | None = None,
@@ -121,7 +121,7 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, val_b, keys, o
 
     kind = m.selection.kind
     target = None
-    if m.with_target_lora or kind in SIMILARITY_SELECTIONS:
+    if m.with_target_lora or kind in SIMILARITIES:
         target = _target_pool(base, train_b, val_b, target_lora, target_steps, keys["target"],
                               os.path.join(out_dir, "target_lora"), mesh, progress)
     k = m.selection.k if m.selection.k is not None else pool.num_adapters

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..stacks import ModuleStack, Pool
+from .space import SELECTIONS  # the design space owns the names
 
-SELECTIONS = ("random", "evaluation", "cosine", "clamp", "abs", "quasi_fim")
-SIMILARITIES = ("cosine", "clamp", "abs", "quasi_fim")
+SIMILARITIES = tuple(k for k in SELECTIONS if k not in ("random", "evaluation"))
 _HI = jax.lax.Precision.HIGHEST
 _CHUNK_BYTES = 64 << 20  # per-chunk working set of the dense / Khatri–Rao paths
 
