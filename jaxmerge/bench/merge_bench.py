@@ -5,9 +5,11 @@ k adapters (default 30) are drawn with the real pool's (rank, alpha, target modu
 (``jaxmerge.shapes``: the shapes file when found, else built-in proportions); their factors are
 random. For N layers (default 2) and every targeted module the benchmark measures, in one run:
 
-* jaxmerge: ``linear`` (Σ_i s_i/k·B_i·A_i as one matmul over the rank-concatenated factors), one
-  jitted call per module and layer (largest first), each layer's deltas freed before the next;
-* peak: the fastest float32 4096³ matmul, JAX's and torch's (the larger is "the peak");
+* jaxmerge: ``linear_layer_into`` (Σ_i s_i/k·B_i·A_i as one matmul over the rank-concatenated
+  factors), one jitted call per module and layer (largest first), each ΔW written into a recycled
+  buffer of its shape (one per distinct module shape, donated back each call);
+* peak: the fastest float32 4096³ matmul, JAX's and torch's, both into preallocated outputs (the
+  larger is "the peak");
 * PEFT: ``peft.tuners.lora.Linear.get_delta_weight`` per adapter, weighted and summed in torch on
   CPU (how the authors' release folds adapters); its layer 0 is checked against jaxmerge's;
 * TIES and TSV on ``--method-layers`` layers at the same shapes.
@@ -16,9 +18,9 @@ The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge
 XLA's bare GEMM on the same operands) and keeps the best of each; the per-round ratio is reported
 too, and PEFT (run once) is compared with jaxmerge's median round. Useful work counts 2·out·in·Σr
 FLOPs per module and layer (Σr over the adapters that target the module). Memory: before anything
-else of these shapes is allocated, the kernel's peak-RSS mark is reset and one untimed merge pass
-runs; its peak above that baseline (stacks held) is the merge's own footprint, compared with one
-layer's deltas (the budget is stacks + one layer's deltas); XLA's workspace per module call
+else of these shapes is allocated, the kernel's peak-RSS mark is reset, the output buffers are
+allocated and one untimed merge pass runs; its peak above that baseline (stacks held) is the merge's
+own footprint, buffers included, compared with one layer's deltas (the budget is stacks + one layer's deltas); XLA's workspace per module call
 (``memory_analysis``) is reported beside it.
 """
 
@@ -56,32 +58,37 @@ PEAK_FLOPS = 2.0 * PEAK_N ** 3
 
 
 def _peak_arrays():
-    """Operands for the float32 PEAK_N³ matmul peak, in JAX (jitted, warmed up) and in torch."""
+    """Operands for the float32 PEAK_N³ matmul peak in JAX (jitted, writing into a donated output
+    buffer) and in torch (``out=``): both with preallocated outputs, like the merge pass, so that
+    neither pays for faulting in fresh pages and the peak is the best this machine does."""
     import jax
     import jax.numpy as jnp
     import torch
 
     a = jax.random.normal(jax.random.key(0), (PEAK_N, PEAK_N), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (PEAK_N, PEAK_N), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    mm(a, b).block_until_ready()
-    ta, tb = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N)
-    torch.matmul(ta, tb)
-    return mm, a, b, ta, tb
+    mm = jax.jit(lambda out, a, b: a @ b, donate_argnums=0, keep_unused=True)
+    state = {"out": mm(jnp.zeros((PEAK_N, PEAK_N), jnp.float32), a, b).block_until_ready()}
+    ta, tb, tout = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N), torch.empty(PEAK_N, PEAK_N)
+    torch.matmul(ta, tb, out=tout)
+
+    def jax_mm():
+        state["out"] = mm(state["out"], a, b)
+        state["out"].block_until_ready()
+
+    return jax_mm, lambda: torch.matmul(ta, tb, out=tout)
 
 
 def _time_matmuls(arrays, repeats: int = 3) -> tuple[float, float]:
     """Best seconds of the JAX and of the torch PEAK_N³ float32 matmul."""
-    import torch
-
-    mm, a, b, ta, tb = arrays
+    jax_mm, torch_mm = arrays
     best_jax = best_torch = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        mm(a, b).block_until_ready()
+        jax_mm()
         best_jax = min(best_jax, time.perf_counter() - t)
         t = time.perf_counter()
-        torch.matmul(ta, tb)
+        torch_mm()
         best_torch = min(best_torch, time.perf_counter() - t)
     return best_jax, best_torch
 
@@ -171,7 +178,8 @@ def _modules_by_size(pool) -> list[str]:
 
 
 def _merge_pass(fns, pool, layers: int, label: str):
-    """One pass over the layers: every module's merged ΔW of a layer, then the layer is freed."""
+    """One pass over the layers: every module's merged ΔW of a layer (fresh arrays), then the layer
+    is freed. Used for TIES and TSV."""
     import jax
     from tqdm import tqdm
 
@@ -183,15 +191,33 @@ def _merge_pass(fns, pool, layers: int, label: str):
     return time.perf_counter() - t
 
 
-def _compile_per_module(fn, pool) -> tuple[dict, float, dict]:
-    """AOT-compile ``fn(stack, layer)`` per module: (executables, seconds, XLA's workspace bytes per
-    module)."""
-    import jax
+def _shape(pool, m) -> tuple[int, int]:
+    st = pool.modules[m]
+    return st.b.shape[1], st.a.shape[2]
 
+
+def _recycling_pass(fns, pool, layers: int, buffers: dict, label: str):
+    """One pass over the layers, every module's ΔW written into the recycled buffer of its shape
+    (``fns[m](buffer, stack, layer)`` donates the buffer); one sync per layer."""
+    import jax
+    from tqdm import tqdm
+
+    t = time.perf_counter()
+    for l in tqdm(range(layers), desc=label, unit="layer", file=sys.stderr, leave=False):
+        for m in _modules_by_size(pool):
+            shape = _shape(pool, m)
+            buffers[shape] = fns[m](buffers[shape], pool.modules[m], l)
+        jax.block_until_ready(list(buffers.values()))
+    return time.perf_counter() - t
+
+
+def _compile_per_module(lower, pool) -> tuple[dict, float, dict]:
+    """AOT-compile ``lower(module, stack)`` (a ``jax.stages.Lowered``) per module: (executables,
+    seconds, XLA's workspace bytes per module)."""
     t = time.perf_counter()
     fns, temp = {}, {}
     for m, st in pool.modules.items():
-        fns[m] = jax.jit(fn).lower(st, 0).compile()
+        fns[m] = lower(m, st).compile()
         mem = fns[m].memory_analysis()
         temp[m] = None if mem is None else int(mem.temp_size_in_bytes)
     return fns, time.perf_counter() - t, temp
@@ -205,7 +231,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..config import KNOWN, LlamaConfig
-    from ..merge import linear, ties, tsv
+    from ..merge import linear_layer_into, ties, tsv
     from ..merge._groups import layer_window
     from ..shapes import draw, load_shapes
 
@@ -226,22 +252,40 @@ def run(args) -> int:
     stack_bytes = sum(s.a.nbytes + s.b.nbytes for s in pool.modules.values())
     layer_delta_bytes = sum(s.b.shape[1] * s.a.shape[2] * 4 for s in pool.modules.values())
     useful_flops = sum(2.0 * s.b.shape[1] * s.a.shape[2] * sum(s.ranks) for s in pool.modules.values()) * args.layers
-    fns, compile_s, temps = _compile_per_module(lambda s, l: linear(layer_window(s, l), w), pool)
+    shapes_out = sorted({_shape(pool, m) for m in pool.modules}, key=lambda sh: -sh[0] * sh[1])
+    f32 = jnp.float32
+    compiled, compile_s, temps = _compile_per_module(
+        lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool)
+    fns = {m: (lambda buf, st, l, c=c: c(buf, st, w, l)) for m, c in compiled.items()}
     peak_arrays = _peak_arrays()
 
     # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
-    # could be reused unseen): the kernel's peak-RSS mark is reset, one merge pass runs, the peak
-    # above that baseline is the merge's own footprint.
+    # could be reused unseen): the kernel's peak-RSS mark is reset, the output buffers (one per
+    # module shape) are allocated and one merge pass runs; the peak above that baseline is the
+    # merge's own footprint, buffers included.
     reset = reset_peak_rss()
     rss_base = current_rss()
-    _merge_pass(fns, pool, args.layers, "jaxmerge (memory pass)")
+    buffers = {sh: jnp.zeros(sh, f32) for sh in shapes_out}
+    _recycling_pass(fns, pool, args.layers, buffers, "jaxmerge (memory pass)")
     rss_peak = peak_rss()
-    ref0 = {m: np.asarray(fns[m](st, 0))[0] for m, st in pool.modules.items()}
-    # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled; one sync per
-    # layer like the merge pass): what the merge would run at with zero overhead of its own
-    dot = jax.jit(jnp.dot)
-    gemm_ops = [[(st.b[l], st.a[l]) for st in pool.modules.values()] for l in range(args.layers)]
-    jax.block_until_ready([dot(b, a) for b, a in gemm_ops[0]])
+    # layer 0 from the benchmarked executables, checked against PEFT below
+    ref0 = {m: np.asarray(fns[m](jnp.zeros(_shape(pool, m), f32), st, 0)) for m, st in pool.modules.items()}
+    # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled, into the
+    # same recycled buffers; one sync per layer like the merge pass): what the merge would run at
+    # with zero overhead of its own
+    dot = jax.jit(lambda out, b, a: b @ a, donate_argnums=0, keep_unused=True)
+    gemm_ops = [[(_shape(pool, m), pool.modules[m].b[l], pool.modules[m].a[l]) for m in _modules_by_size(pool)]
+                for l in range(args.layers)]
+
+    def gemm_pass():
+        t = time.perf_counter()
+        for layer_ops in gemm_ops:
+            for sh, b, a in layer_ops:
+                buffers[sh] = dot(buffers[sh], b, a)
+            jax.block_until_ready(list(buffers.values()))
+        return time.perf_counter() - t
+
+    gemm_pass()
 
     # Interleaved timed rounds (the machine is shared): each round times the JAX and torch float32
     # matmul peaks, one merge pass and one same-shape GEMM pass; the best of each is kept, and the
@@ -250,16 +294,13 @@ def run(args) -> int:
     ratios, merge_times = [], []
     for i in range(args.rounds):
         jax_mm, torch_mm = _time_matmuls(peak_arrays)
-        t = _merge_pass(fns, pool, args.layers, f"jaxmerge round {i + 1}/{args.rounds}")
-        t_gemm = time.perf_counter()
-        for layer_ops in gemm_ops:
-            jax.block_until_ready([dot(b, a) for b, a in layer_ops])
-        t_gemm = time.perf_counter() - t_gemm
+        t = _recycling_pass(fns, pool, args.layers, buffers, f"jaxmerge round {i + 1}/{args.rounds}")
+        t_gemm = gemm_pass()
         best = {"jax": min(best["jax"], jax_mm), "torch": min(best["torch"], torch_mm), "merge": min(best["merge"], t),
                 "gemm": min(best["gemm"], t_gemm)}
         merge_times.append(t)
         ratios.append((useful_flops / t) / (PEAK_FLOPS / min(jax_mm, torch_mm)))
-    del peak_arrays, gemm_ops
+    del peak_arrays, gemm_ops, buffers
     peak = {"jax_gflops": PEAK_FLOPS / best["jax"] / 1e9, "torch_gflops": PEAK_FLOPS / best["torch"] / 1e9}
     jax_s = best["merge"]
     workspace = rss_peak - rss_base
@@ -277,6 +318,8 @@ def run(args) -> int:
         "xla_gemm_same_shapes_gflops": useful_flops / best["gemm"] / 1e9,
         "memory": {
             "stack_bytes": stack_bytes, "one_layer_delta_bytes": layer_delta_bytes,
+            "output_buffer_shapes": [list(sh) for sh in shapes_out],
+            "output_buffer_bytes": sum(4 * o * d for o, d in shapes_out),
             "budget_bytes": stack_bytes + layer_delta_bytes,
             "rss_before_stacks_bytes": rss_before, "rss_baseline_bytes": rss_base,
             "merge_peak_above_baseline_bytes": workspace if reset else None,
@@ -296,8 +339,10 @@ def run(args) -> int:
         f"{result['xla_gemm_same_shapes_gflops']:.0f} GFLOP/s")
     if reset:
         log(f"memory: merge peak above the baseline (stacks held) {workspace / 2**30:.3f} GiB vs one layer's deltas "
-            f"{layer_delta_bytes / 2**30:.3f} GiB (stacks {stack_bytes / 2**30:.2f} GiB; largest XLA workspace "
-            f"{max(t or 0 for t in temps.values()) / 2**30:.3f} GiB)")
+            f"{layer_delta_bytes / 2**30:.3f} GiB (stacks {stack_bytes / 2**30:.2f} GiB; output buffers "
+            f"{m['output_buffer_bytes'] / 2**30:.3f} GiB; largest XLA workspace "
+            f"{max(t or 0 for t in temps.values()) / 2**30:.3f} GiB) → "
+            f"{'within' if m['within_budget'] else 'OVER'} the budget")
     else:
         log("memory: cannot reset the peak RSS here (/proc/self/clear_refs); merge peak not measured")
 
@@ -306,7 +351,7 @@ def run(args) -> int:
         for name, fn, extra in (
                 ("ties", lambda s, l: ties(layer_window(s, l), w, args.density, "total"), {"density": args.density}),
                 ("tsv", lambda s, l: tsv(layer_window(s, l), args.tsv_k, w), {"k": args.tsv_k})):
-            mfns, c, _ = _compile_per_module(fn, pool)
+            mfns, c, _ = _compile_per_module(lambda m, st, fn=fn: jax.jit(fn).lower(st, 0), pool)
             t = _merge_pass(mfns, pool, ml, name)
             result[name] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c, **extra}
             log(f"{name} ({', '.join(f'{k} {v}' for k, v in extra.items())}): {t / ml:.2f} s per layer (compile {c:.1f} s)")
