@@ -109,11 +109,10 @@ def run(args) -> dict:
     elif args.method == "target-lora":
         result = dict(target)
     else:
-        from jaxmerge.adaptive.methods import method
-        k = args.k if args.k is not None else method(args.method).selection.k
-        if k is not None and k > pool.num_adapters:
-            print(f"note: k={k} > {pool.num_adapters} adapters kept in the pool; merging all of them")
-            k = pool.num_adapters
+        from jaxmerge.adaptive.methods import effective_k
+        k, wanted = effective_k(args.method, args.k, pool.num_adapters), effective_k(args.method, args.k, float("inf"))
+        if wanted is not None and wanted > k:
+            print(f"note: k={wanted} > {pool.num_adapters} adapters kept in the pool; merging all of them")
         overrides = {f: getattr(args, f) for f in ("granularity", "activation") if getattr(args, f) is not None}
         if args.selection is not None:
             overrides["selection_kind"] = args.selection

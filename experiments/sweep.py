@@ -91,6 +91,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
               target_lora_steps=None, steps=None, progress=True) -> None:
     """Run every spec not yet in ``OUT/results.jsonl``; inputs are loaded once per task."""
     import jaxmerge
+    from jaxmerge.adaptive.methods import effective_k
     from jaxmerge.adaptive.run import run_method
     from jaxmerge.distributed import maybe_initialize
     from jaxmerge.tasks import load_task
@@ -121,9 +122,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
         t0 = time.time()
         name = "average" if spec.method == "average-all" else spec.method
         k = pool.num_adapters if spec.method == "average-all" else spec.k
-        from jaxmerge.adaptive.methods import method
-        k_eff = k if k is not None else method(name).selection.k
-        r = run_method(name, b, pool, td, k=min(k_eff, pool.num_adapters) if k_eff else None, seed=spec.seed,
+        r = run_method(name, b, pool, td, k=effective_k(name, k, pool.num_adapters), seed=spec.seed,
                        out_dir=os.path.join(out, "runs", spec.key), steps=steps, with_target_lora=spec.with_target_lora,
                        random_pool=spec.random_pool or None, selection_kind=spec.selection,
                        target_lora=target["adapter_path"], progress=False)

@@ -85,3 +85,10 @@ def method(name: str | Method, **overrides) -> Method:
     if tun:
         overrides["tuning"] = dataclasses.replace(overrides.get("tuning", m.tuning), **tun)
     return dataclasses.replace(m, **overrides) if overrides else m
+
+
+def effective_k(name: str | Method, k: int | None, pool_size: float) -> int | None:
+    """How many LoRAs a run of ``name`` merges: ``k`` (or the method's own when None), at most
+    ``pool_size``; None when the method selects nothing (zero-shot, the target LoRA)."""
+    k = k if k is not None else method(name).selection.k
+    return None if k is None else min(k, pool_size)

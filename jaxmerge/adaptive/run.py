@@ -20,6 +20,7 @@ Trainable state per tuning (N merged adapters, L layers, M module types of the p
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Mapping
@@ -38,7 +39,7 @@ from .methods import METHODS, method as make_method
 from .selection import SIMILARITIES
 from .space import LoraSpec, Method
 from .target_lora import as_pool, init_lora, load_peft, lora_adapters, save_peft
-from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval
+from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval, micro_batches
 
 
 
@@ -91,7 +92,7 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
         arrays = ckpt.flatten({"a": lora["a"], "b": lora["b"]})
     elif m.tuning.kind == "none" and m.static is None:  # zero-shot
         adapters, history = None, []
-        result.update(best_val_loss=_loss(frozen, lambda tr, fz: None, {}, val_b, config), steps=0)
+        result.update(best_val_loss=_loss(params, None, val_b, config), steps=0)
     else:
         if pool is None:
             raise ValueError(f"method {m.name!r} needs a pool of LoRAs")
@@ -193,7 +194,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
         else:
             deltas = merge_pool(merged, "tsv", weights=w, tsv_k=st.tsv_k)
         adapters = {mod: Dense(d) for mod, d in deltas.items()}
-        val = _loss(frozen, lambda tr, fz: tr, adapters, val_b, config)
+        val = _loss(frozen["params"], adapters, val_b, config)
         return adapters, [], {"best_val_loss": val, "steps": 0}, {"weights": w}
 
     n, L, M = merged.num_adapters, merged.num_layers, len(merged.modules)
@@ -247,7 +248,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
                     history_path=os.path.join(out_dir, "lorahub.json"), progress=progress, desc=m.name)
         best = {"w": jnp.asarray(sr.best)}
         res.update(search_best_loss=sr.best_loss, search_init_loss=sr.init_loss, steps=m.tuning.budget,
-                   best_val_loss=_loss(fz, to_adapters, best, val_b, config))
+                   best_val_loss=_loss(fz["params"], to_adapters(best, fz), val_b, config))
         history = [(i, l) for i, l in enumerate(sr.losses)]
     else:
         fr = fit(loss_fn, trainable, fz, train_b, val_b, m.tuning, key=keys["train"],
@@ -286,15 +287,18 @@ def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
 
 
 def _micro_all(batch: Mapping[str, np.ndarray], micro: int = 8) -> dict:
-    n = len(batch["tokens"])
-    mb = max(d for d in range(1, min(micro, n) + 1) if n % d == 0)
-    return {k: jnp.asarray(np.asarray(v).reshape(n // mb, mb, -1)) for k, v in batch.items()}
+    return {k: jnp.asarray(v) for k, v in micro_batches(batch, micro).items()}
 
 
-def _loss(fz, to_adapters, trainable, batch, config) -> float:
-    """Mean answer loss of one encoded split under ``to_adapters(trainable, fz)``."""
-    ev = make_eval(lambda tr, f, b: answer_loss_sums(f["params"], config, b, to_adapters(tr, f)))
-    return float(ev(trainable, fz, _micro_all(batch)))
+@functools.lru_cache(maxsize=None)
+def _plain_eval(config):
+    """One jitted mean-answer-loss per model config, shared by every run of a process (a sweep)."""
+    return make_eval(lambda adapters, params, b: answer_loss_sums(params, config, b, adapters))
+
+
+def _loss(params, adapters, batch, config) -> float:
+    """Mean answer loss of one encoded split under ``adapters`` (None: the base)."""
+    return float(_plain_eval(config)(adapters, params, _micro_all(batch)))
 
 
 def _jsonable(x):

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..merge._groups import rank_groups, take_rows
 from ..stacks import ModuleStack, Pool
 from .space import SELECTIONS  # the design space owns the names
 
@@ -47,19 +48,12 @@ _CHUNK_BYTES = 64 << 20  # per-chunk working set of the dense / Khatri–Rao pat
 
 
 # --- gathering factors -----------------------------------------------------------------------------
-def _rows(stack: ModuleStack, idx: np.ndarray, rank: int) -> np.ndarray:
-    """``[n, r]`` stack rows of adapters ``idx`` (all of rank ``rank``)."""
-    return (stack.offsets[idx][:, None] + np.arange(rank)[None, :]).astype(np.int32)
-
-
 def _gather(a_stack, b_stack, scale, rows, idx):
-    """Factors of the adapters owning ``rows [n, r]``: a [n, L, r, d], b [n, L, o, r], s [n] (float32)."""
-    n, r = rows.shape
-    L, _, d = a_stack.shape
-    o = b_stack.shape[1]
-    a = jnp.take(a_stack, rows.reshape(-1), axis=1).astype(jnp.float32).reshape(L, n, r, d).transpose(1, 0, 2, 3)
-    b = jnp.take(b_stack, rows.reshape(-1), axis=2).astype(jnp.float32).reshape(L, o, n, r).transpose(2, 0, 1, 3)
-    return a, b, scale[idx].astype(jnp.float32)
+    """Factors of the adapters owning ``rows [n, r]``, adapter-major: a [n, L, r, d], b [n, L, o, r],
+    s [n] (float32)."""
+    a, b, s = take_rows(a_stack, b_stack, scale, rows, idx)
+    f32 = jnp.float32
+    return a.transpose(1, 0, 2, 3).astype(f32), b.transpose(1, 0, 2, 3).astype(f32), s.astype(f32)
 
 
 def _target_factors(target: Pool | int, module: str, stack: ModuleStack):
@@ -77,12 +71,6 @@ def _target_factors(target: Pool | int, module: str, stack: ModuleStack):
                          f"{stack.a.shape}/{stack.b.shape}")
     a, b = ts.adapter(i)
     return jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(ts.scale[i], jnp.float32)
-
-
-def _buckets(stack: ModuleStack) -> Iterable[tuple[int, np.ndarray]]:
-    ranks = np.asarray(stack.ranks)
-    for r in sorted(set(ranks.tolist()) - {0}):
-        yield r, np.flatnonzero(ranks == r)
 
 
 def _chunks(idx: np.ndarray, item_bytes: int) -> Iterable[np.ndarray]:
@@ -191,13 +179,15 @@ def similarity_terms(pool: Pool, target_index: int | Pool, kind: str, *, method:
         t_stats = _chunk_stats(at, bt, st[None], np.arange(q, dtype=np.int32)[None], one,
                                at, bt, st, kind=kind, path=path)
         target_sq += float(t_stats[1][0])
-        for r, idx in _buckets(stack):
+        for group in rank_groups(stack):
+            r = group.rank
             path = _path(kind, method, r, q, o, d)
             item = {"dense": 4 * o * d * 3, "khatri_rao": 4 * (o + d) * r * max(q, r) * 2,
                     "cosine": 4 * L * (r * (d + o) + r * max(q, r) * 2)}[path]
-            for chunk in _chunks(idx, item):
-                cn, cs = _chunk_stats(stack.a, stack.b, stack.scale, _rows(stack, chunk, r), chunk.astype(np.int32),
-                                      at, bt, st, kind=kind, path=path)
+            for part in _chunks(np.arange(len(group.adapters)), item):
+                chunk = group.adapters[part]
+                cn, cs = _chunk_stats(stack.a, stack.b, stack.scale, group.rows[part].astype(np.int32),
+                                      chunk.astype(np.int32), at, bt, st, kind=kind, path=path)
                 num[chunk] += np.asarray(cn, np.float64)
                 sq[chunk] += np.asarray(cs, np.float64)
     return num, sq, target_sq

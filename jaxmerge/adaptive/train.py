@@ -112,6 +112,14 @@ def _micro(batch: Batch, idx: np.ndarray, micro: int) -> dict:
     return {k: np.asarray(v)[idx].reshape(len(idx) // micro, micro, -1) for k, v in batch.items()}
 
 
+def micro_batches(batch: Batch, micro: int) -> dict:
+    """All rows of ``batch`` (``[n, T]`` arrays) as ``[n/m, m, T]`` micro-batches, ``m`` the largest
+    divisor of n that is at most ``micro`` (so no row is dropped or repeated)."""
+    n = len(np.asarray(batch["tokens"]))
+    m = max(d for d in range(1, min(micro, n) + 1) if n % d == 0)
+    return _micro(batch, np.arange(n), m)
+
+
 def _place(batch: dict, mesh) -> dict:
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in batch.items()}
@@ -207,9 +215,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     n_train = len(np.asarray(train["tokens"]))
     opt = optimizer(tuning, trainable, lora_keys)
     step_fn, eval_fn = make_step(loss_fn, opt, penalty, project), make_eval(loss_fn)  # validation: the plain loss
-    n_val = len(np.asarray(val["tokens"]))
-    vm = max(d for d in range(1, min(micro, n_val) + 1) if n_val % d == 0)
-    val_b = _place(_micro(val, np.arange(n_val), vm), mesh)
+    val_b = _place(micro_batches(val, micro), mesh)
 
     trainable = place_state(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable), mesh)  # donated by the step
     n_hist = steps // max(tuning.eval_every, 1) + 2

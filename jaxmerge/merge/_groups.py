@@ -39,15 +39,23 @@ def rank_groups(stack: ModuleStack) -> list[RankGroup]:
     return groups
 
 
+def take_rows(a: jax.Array, b: jax.Array, scale: jax.Array, rows, adapters) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Factors of adapters ``adapters [g]`` (all of one rank r) from a stack's ``a [L, R, in]``,
+    ``b [L, out, R]``, ``scale [N]``, their rows ``rows [g, r]`` (NumPy, or traced so that one
+    compiled program serves every chunk of that shape), layer-major: A ``[L, g, r, in]``,
+    B ``[L, g, out, r]``, s ``[g]``."""
+    g, r = rows.shape
+    L, _, d = a.shape
+    o = b.shape[1]
+    flat = jnp.asarray(rows, jnp.int32).reshape(-1)
+    a = jnp.take(a, flat, axis=1).reshape(L, g, r, d)
+    b = jnp.take(b, flat, axis=2).reshape(L, o, g, r).transpose(0, 2, 1, 3)
+    return a, b, scale[jnp.asarray(adapters, jnp.int32)]
+
+
 def group_factors(stack: ModuleStack, group: RankGroup) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One rank group's factors, layer-major: A ``[L, g, r, in]``, B ``[L, g, out, r]``, s ``[g]``."""
-    rows = jnp.asarray(group.rows.reshape(-1), jnp.int32)
-    g, r = group.rows.shape
-    L, _, d = stack.a.shape
-    o = stack.b.shape[1]
-    a = jnp.take(stack.a, rows, axis=1).reshape(L, g, r, d)
-    b = jnp.take(stack.b, rows, axis=2).reshape(L, o, g, r).transpose(0, 2, 1, 3)
-    return a, b, stack.scale[jnp.asarray(group.adapters, jnp.int32)]
+    return take_rows(stack.a, stack.b, stack.scale, group.rows, group.adapters)
 
 
 def layer_window(stack: ModuleStack, start, size: int = 1) -> ModuleStack:
