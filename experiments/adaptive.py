@@ -109,8 +109,8 @@ def run(args) -> dict:
     elif args.method == "target-lora":
         result = dict(target)
     else:
-        from jaxmerge.adaptive.methods import effective_k
-        k, wanted = effective_k(args.method, args.k, pool.num_adapters), effective_k(args.method, args.k, float("inf"))
+        from jaxmerge.adaptive.methods import effective_k, requested_k
+        k, wanted = effective_k(args.method, args.k, pool.num_adapters), requested_k(args.method, args.k)
         if wanted is not None and wanted > k:
             print(f"note: k={wanted} > {pool.num_adapters} adapters kept in the pool; merging all of them")
         overrides = {f: getattr(args, f) for f in ("granularity", "activation") if getattr(args, f) is not None}

@@ -30,7 +30,7 @@ class Spec:
     task: str
     with_target_lora: bool
     seed: int
-    k: int | None = None           # None: the method's recipe; 0: the whole pool ("average-all")
+    k: int | None = None           # None: the method's recipe ("average-all": the whole pool)
     selection: str | None = None
     random_pool: bool = False
 

@@ -106,21 +106,26 @@ def test_magnitude_prune_and_task_arithmetic_equal_peft(pool_factors, density):
         assert_close(got_avg[l], mu.task_arithmetic(deltas, torch.full((n,), 1.0 / n)).numpy())
 
 
-
-def test_linear_layer_into_writes_the_layer_into_the_donated_buffer(pool_factors):
-    """Equal to PEFT's task arithmetic of that layer, computed in the donated buffer's memory, and the
-    buffer passed back is reused by the next layer (the recycling loop of ``jaxmerge bench merge``)."""
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_linear_layer_into_writes_the_layer_into_the_donated_buffer(pool_factors, per_layer):
+    """Equal to PEFT's task arithmetic of that layer (weights [N] or per layer [N, L]), computed in the
+    donated buffer's memory, and the buffer passed back is reused by the next layer (the recycling
+    loop of ``jaxmerge bench merge``)."""
     A, B, scale, present = pool_factors
     stack = build_stack(A, B, scale, present)
-    w = np.random.default_rng(3).normal(size=len(RANKS)).astype(np.float32)
+    w = np.random.default_rng(3).normal(size=(len(RANKS), 2) if per_layer else len(RANKS)).astype(np.float32)
     buf = jnp.full((B[0].shape[1], A[0].shape[2]), 7.0, jnp.float32)  # old contents must not leak in
     for l in range(2):
         pointer = buf.unsafe_buffer_pointer()
         old = buf
-        buf = merge.linear_layer_into(buf, stack, jnp.asarray(w), l)
+        buf = merge.linear_layer_into(buf, stack, jnp.asarray(w), jnp.int32(l))
         assert old.is_deleted()
         assert buf.unsafe_buffer_pointer() == pointer
-        assert_close(buf, mu.task_arithmetic(torch_deltas(A, B, scale, l), torch.from_numpy(w)).numpy())
+        w_l = torch.from_numpy(np.ascontiguousarray(w[:, l] if per_layer else w))
+        assert_close(buf, mu.task_arithmetic(torch_deltas(A, B, scale, l), w_l).numpy())
+    with pytest.raises(ValueError, match="buffer of shape"):
+        merge.linear_layer_into(jnp.zeros((3, 3)), stack, jnp.asarray(w), 0)
+
 
 def test_magnitude_threshold_is_exact_kth_largest():
     rng = np.random.default_rng(3)

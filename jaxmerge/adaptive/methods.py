@@ -87,8 +87,12 @@ def method(name: str | Method, **overrides) -> Method:
     return dataclasses.replace(m, **overrides) if overrides else m
 
 
-def effective_k(name: str | Method, k: int | None, pool_size: float) -> int | None:
-    """How many LoRAs a run of ``name`` merges: ``k`` (or the method's own when None), at most
-    ``pool_size``; None when the method selects nothing (zero-shot, the target LoRA)."""
-    k = k if k is not None else method(name).selection.k
+def requested_k(name: str | Method, k: int | None) -> int | None:
+    """``k``, or the method's own when None; None means the whole pool."""
+    return k if k is not None else method(name).selection.k
+
+
+def effective_k(name: str | Method, k: int | None, pool_size: int) -> int | None:
+    """How many LoRAs a run of ``name`` merges: ``requested_k`` at most ``pool_size`` (None: all)."""
+    k = requested_k(name, k)
     return None if k is None else min(k, pool_size)

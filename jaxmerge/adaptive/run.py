@@ -290,9 +290,11 @@ def _micro_all(batch: Mapping[str, np.ndarray], micro: int = 8) -> dict:
     return {k: jnp.asarray(v) for k, v in micro_batches(batch, micro).items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=4)
 def _plain_eval(config):
-    """One jitted mean-answer-loss per model config, shared by every run of a process (a sweep)."""
+    """One jitted mean-answer-loss per model config, shared by the runs of a process (a sweep): its
+    compilations (one per validation shape and adapter structure: base, dense deltas, factored
+    ranks) are reused across runs instead of rebuilt per call."""
     return make_eval(lambda adapters, params, b: answer_loss_sums(params, config, b, adapters))
 
 

@@ -7,20 +7,24 @@ random. For N layers (default 2) and every targeted module the benchmark measure
 
 * jaxmerge: ``linear_layer_into`` (Σ_i s_i/k·B_i·A_i as one matmul over the rank-concatenated
   factors), one jitted call per module and layer (largest first), each ΔW written into a recycled
-  buffer of its shape (one per distinct module shape, donated back each call);
+  buffer of its shape (one per distinct module shape, donated back each call): the workload of a
+  consumer that uses each ΔW (folds it, writes it) before the next one of the same shape;
 * peak: the fastest float32 4096³ matmul, JAX's and torch's, both into preallocated outputs (the
   larger is "the peak");
 * PEFT: ``peft.tuners.lora.Linear.get_delta_weight`` per adapter, weighted and summed in torch on
-  CPU (how the authors' release folds adapters); its layer 0 is checked against jaxmerge's;
-* TIES and TSV on ``--method-layers`` layers at the same shapes.
+  CPU, a fresh tensor per delta as PEFT does it (how the authors' release folds adapters); its
+  layer 0 is checked against jaxmerge's (computed through the same recycled buffers);
+* TIES and TSV on ``--method-layers`` layers at the same shapes (fresh arrays, a layer's deltas
+  held until the layer is done).
 
 The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass, one pass of
-XLA's bare GEMM on the same operands) and keeps the best of each; the per-round ratio is reported
-too, and PEFT (run once) is compared with jaxmerge's median round. Useful work counts 2·out·in·Σr
-FLOPs per module and layer (Σr over the adapters that target the module). Memory: before anything
-else of these shapes is allocated, the kernel's peak-RSS mark is reset, the output buffers are
-allocated and one untimed merge pass runs; its peak above that baseline (stacks held) is the merge's
-own footprint, buffers included, compared with one layer's deltas (the budget is stacks + one layer's deltas); XLA's workspace per module call
+XLA's bare GEMM on the same operands into the same buffers) and keeps the best of each; the
+per-round ratio is reported too, and PEFT (run once) is compared with jaxmerge's median round.
+Useful work counts 2·out·in·Σr FLOPs per module and layer (Σr over the adapters that target the
+module). Memory: before anything else of these shapes is allocated, the kernel's peak-RSS mark is
+reset, the output buffers are allocated and one untimed merge pass runs; its peak above that
+baseline (stacks held) is the merge's own footprint, buffers included, compared with one layer's
+deltas (the budget is stacks + one layer's deltas); XLA's workspace per module call
 (``memory_analysis``) is reported beside it.
 """
 
@@ -172,23 +176,9 @@ def peft_fold(pool, weights, layers: int) -> tuple[float, dict]:
 
 
 def _modules_by_size(pool) -> list[str]:
-    """Largest delta first, so the modules computed last (with all others' deltas already held)
-    have the smallest workspaces."""
+    """Largest delta first (for TIES and TSV, which hold a layer's deltas: the modules computed last,
+    with all others' deltas already held, have the smallest workspaces)."""
     return sorted(pool.modules, key=lambda m: -pool.modules[m].b.shape[1] * pool.modules[m].a.shape[2])
-
-
-def _merge_pass(fns, pool, layers: int, label: str):
-    """One pass over the layers: every module's merged ΔW of a layer (fresh arrays), then the layer
-    is freed. Used for TIES and TSV."""
-    import jax
-    from tqdm import tqdm
-
-    t = time.perf_counter()
-    for l in tqdm(range(layers), desc=label, unit="layer", file=sys.stderr, leave=False):
-        deltas = [fns[m](pool.modules[m], l) for m in _modules_by_size(pool)]
-        jax.block_until_ready(deltas)
-        del deltas
-    return time.perf_counter() - t
 
 
 def _shape(pool, m) -> tuple[int, int]:
@@ -196,19 +186,27 @@ def _shape(pool, m) -> tuple[int, int]:
     return st.b.shape[1], st.a.shape[2]
 
 
-def _recycling_pass(fns, pool, layers: int, buffers: dict, label: str):
-    """One pass over the layers, every module's ΔW written into the recycled buffer of its shape
-    (``fns[m](buffer, stack, layer)`` donates the buffer); one sync per layer."""
+def _timed_layers(run_layer, layers: int, label: str) -> float:
+    """Seconds for ``run_layer(l)`` (dispatches one layer's calls, returns the arrays to wait on)
+    over the layers: one sync per layer, a progress bar."""
     import jax
     from tqdm import tqdm
 
     t = time.perf_counter()
     for l in tqdm(range(layers), desc=label, unit="layer", file=sys.stderr, leave=False):
-        for m in _modules_by_size(pool):
-            shape = _shape(pool, m)
-            buffers[shape] = fns[m](buffers[shape], pool.modules[m], l)
-        jax.block_until_ready(list(buffers.values()))
+        jax.block_until_ready(run_layer(l))
     return time.perf_counter() - t
+
+
+def _recycle(call, pool, buffers: dict):
+    """``run_layer`` for ``_timed_layers``: every module's ``call(m, buffer, l)`` (which donates the
+    buffer of its shape and returns the new one), largest first."""
+    def run_layer(l):
+        for m in _modules_by_size(pool):
+            sh = _shape(pool, m)
+            buffers[sh] = call(m, buffers[sh], l)
+        return list(buffers.values())
+    return run_layer
 
 
 def _compile_per_module(lower, pool) -> tuple[dict, float, dict]:
@@ -266,26 +264,26 @@ def run(args) -> int:
     reset = reset_peak_rss()
     rss_base = current_rss()
     buffers = {sh: jnp.zeros(sh, f32) for sh in shapes_out}
-    _recycling_pass(fns, pool, args.layers, buffers, "jaxmerge (memory pass)")
+    merge_layer = _recycle(lambda m, buf, l: fns[m](buf, pool.modules[m], l), pool, buffers)
+    _timed_layers(merge_layer, args.layers, "jaxmerge (memory pass)")
     rss_peak = peak_rss()
-    # layer 0 from the benchmarked executables, checked against PEFT below
-    ref0 = {m: np.asarray(fns[m](jnp.zeros(_shape(pool, m), f32), st, 0)) for m, st in pool.modules.items()}
+    # layer 0 as the timed passes compute it (recycled buffers), copied out before each buffer is
+    # reused, and checked against PEFT below
+    ref0 = {}
+
+    def merge_and_keep(m, buf, l):
+        out = fns[m](buf, pool.modules[m], l)
+        ref0[m] = np.array(out)  # a copy: the next module of this shape reuses the buffer
+        return out
+
+    _recycle(merge_and_keep, pool, buffers)(0)
     # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled, into the
     # same recycled buffers; one sync per layer like the merge pass): what the merge would run at
     # with zero overhead of its own
     dot = jax.jit(lambda out, b, a: b @ a, donate_argnums=0, keep_unused=True)
-    gemm_ops = [[(_shape(pool, m), pool.modules[m].b[l], pool.modules[m].a[l]) for m in _modules_by_size(pool)]
-                for l in range(args.layers)]
-
-    def gemm_pass():
-        t = time.perf_counter()
-        for layer_ops in gemm_ops:
-            for sh, b, a in layer_ops:
-                buffers[sh] = dot(buffers[sh], b, a)
-            jax.block_until_ready(list(buffers.values()))
-        return time.perf_counter() - t
-
-    gemm_pass()
+    gemm_ops = [{m: (st.b[l], st.a[l]) for m, st in pool.modules.items()} for l in range(args.layers)]
+    gemm_layer = _recycle(lambda m, buf, l: dot(buf, *gemm_ops[l][m]), pool, buffers)
+    _timed_layers(gemm_layer, args.layers, "XLA GEMM (warm-up)")
 
     # Interleaved timed rounds (the machine is shared): each round times the JAX and torch float32
     # matmul peaks, one merge pass and one same-shape GEMM pass; the best of each is kept, and the
@@ -294,13 +292,13 @@ def run(args) -> int:
     ratios, merge_times = [], []
     for i in range(args.rounds):
         jax_mm, torch_mm = _time_matmuls(peak_arrays)
-        t = _recycling_pass(fns, pool, args.layers, buffers, f"jaxmerge round {i + 1}/{args.rounds}")
-        t_gemm = gemm_pass()
+        t = _timed_layers(merge_layer, args.layers, f"jaxmerge round {i + 1}/{args.rounds}")
+        t_gemm = _timed_layers(gemm_layer, args.layers, f"XLA GEMM round {i + 1}/{args.rounds}")
         best = {"jax": min(best["jax"], jax_mm), "torch": min(best["torch"], torch_mm), "merge": min(best["merge"], t),
                 "gemm": min(best["gemm"], t_gemm)}
         merge_times.append(t)
         ratios.append((useful_flops / t) / (PEAK_FLOPS / min(jax_mm, torch_mm)))
-    del peak_arrays, gemm_ops, buffers
+    del peak_arrays, gemm_ops, buffers, merge_layer, gemm_layer
     peak = {"jax_gflops": PEAK_FLOPS / best["jax"] / 1e9, "torch_gflops": PEAK_FLOPS / best["torch"] / 1e9}
     jax_s = best["merge"]
     workspace = rss_peak - rss_base
@@ -352,7 +350,7 @@ def run(args) -> int:
                 ("ties", lambda s, l: ties(layer_window(s, l), w, args.density, "total"), {"density": args.density}),
                 ("tsv", lambda s, l: tsv(layer_window(s, l), args.tsv_k, w), {"k": args.tsv_k})):
             mfns, c, _ = _compile_per_module(lambda m, st, fn=fn: jax.jit(fn).lower(st, 0), pool)
-            t = _merge_pass(mfns, pool, ml, name)
+            t = _timed_layers(lambda l, f=mfns: [f[m](pool.modules[m], l) for m in _modules_by_size(pool)], ml, name)
             result[name] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c, **extra}
             log(f"{name} ({', '.join(f'{k} {v}' for k, v in extra.items())}): {t / ml:.2f} s per layer (compile {c:.1f} s)")
 

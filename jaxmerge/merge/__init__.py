@@ -1,8 +1,9 @@
 """Merging LoRA adapters, as pure jittable functions over the pool stacks (``jaxmerge.stacks``).
 
 Static merges of one module stack (``[L, out, in]`` results):
-    ``linear`` (task arithmetic; ``linear_layer_into`` one layer into a recycled buffer), ``average``, ``average_chunks`` (streamed over a pool too big to
-    hold), ``ties``, ``magnitude_prune``, ``tsv``; ``merge_pool`` / ``iter_merge_pool`` for a whole pool.
+    ``linear`` (task arithmetic), ``average``, ``average_chunks`` (streamed over a pool too big to
+    hold), ``ties``, ``magnitude_prune``, ``tsv``; ``merge_pool`` / ``iter_merge_pool`` for a whole pool;
+    ``linear_layer_into``: one layer's ``[out, in]`` written into a recycled (donated) buffer.
 Learned coefficients (``coefficients``): granularity × activation → factored or dense deltas.
 """
 
@@ -17,6 +18,6 @@ task_arithmetic = linear
 
 __all__ = ["ACTIVATIONS", "GRANULARITIES", "LEAKY_SLOPE", "METHODS", "SIGN_METHODS", "accumulate", "activate",
            "average", "average_chunks", "coefficient_shape", "dense_deltas", "expand", "factor_svd",
-           "factored_adapters", "iter_merge_pool", "keep_count", "linear", "linear_layer_into", "magnitude_mask", "magnitude_prune",
-           "magnitude_threshold", "merge_pool", "module_coefficients", "module_order", "polar", "row_scaled_product",
+           "factored_adapters", "iter_merge_pool", "keep_count", "linear", "linear_layer_into", "magnitude_mask",
+           "magnitude_prune", "magnitude_threshold", "merge_pool", "module_coefficients", "module_order", "polar", "row_scaled_product",
            "task_arithmetic", "ties", "tsv", "tsv_triplets"]

@@ -11,7 +11,8 @@ memory streams chunks of adapters through the same product into one accumulator
 Einsum letters: l layers, r rank rows, o out features, d in features.
 
 Shapes: ``stack.a [L, R, in]``, ``stack.b [L, out, R]``, ``weights [N]`` or ``[N, L]``; every merge
-returns ``[L, out, in]`` in the stack's dtype.
+returns ``[L, out, in]`` in the stack's dtype, except ``linear_layer_into`` (one layer, ``[out, in]``
+in the buffer's dtype).
 """
 
 from __future__ import annotations
@@ -50,15 +51,20 @@ def linear(stack: ModuleStack, weights: jax.Array) -> jax.Array:
 def linear_layer_into(out: jax.Array, stack: ModuleStack, weights: jax.Array, layer) -> jax.Array:
     """``linear`` of one layer written into a donated buffer: ``out [out, in]`` (contents ignored, the
     array invalidated), ``weights [N]`` or ``[N, L]``, ``layer`` (may be traced) → ``[out, in]`` in
-    ``out``'s memory. Equals ``linear(stack, weights)[layer]`` (tested).
+    ``out``'s memory and dtype. Equals ``linear(stack, weights)[layer]`` (tested).
 
     For loops that materialise every layer's ΔW one at a time (benchmarks, folding into a
     checkpoint): passing back the previous result recycles one buffer per module shape, so no call
     faults in fresh pages for its output (~10 % of the time at Llama-3.1-8B shapes on CPU,
-    BUILD_NOTES) and the loop holds those buffers, never one new array per call.
+    BUILD_NOTES) and the loop holds those buffers, never one new array per call. The caller must
+    use each ΔW before passing its buffer back.
     """
-    del out  # donated and kept (keep_unused): XLA aliases the result to its buffer
-    return linear(layer_window(stack, layer), weights)[0]
+    shape = (stack.b.shape[1], stack.a.shape[2])
+    if out.shape != shape:
+        raise ValueError(f"linear_layer_into: buffer of shape {out.shape}, this stack's ΔW is {shape}")
+    w = jax.lax.dynamic_slice_in_dim(per_layer_weights(weights, stack), layer, 1, axis=1)  # [N, 1]
+    # out is donated and kept (keep_unused): XLA aliases the result to its buffer
+    return linear(layer_window(stack, layer), w)[0].astype(out.dtype)
 
 
 @jax.jit
