@@ -197,6 +197,7 @@ class FitResult:
     steps: int
     history: list              # [(step, val_loss)]
     resumed_from: int | None   # step restored from a checkpoint, if any
+    state_shardings: Any = None  # where the trained state (trainable, optimiser) lived after the last step
 
 
 def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch, tuning: Tuning, *,
@@ -272,7 +273,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     history = [(int(a), float(b)) for a, b in hist if not np.isnan(a)]
     return FitResult(best=jax.tree.map(np.asarray, best), final=jax.tree.map(np.asarray, run["trainable"]),
                      best_val_loss=best_val, best_step=best_step, steps=steps, history=history,
-                     resumed_from=resumed)
+                     resumed_from=resumed, state_shardings=jax.tree.map(lambda x: x.sharding, run))
 
 
 def _bar(progress: bool, total: int, initial: int, desc: str):
