@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--density", type=float, default=0.8, help="TIES density (1 − p)")
     parser.add_argument("--tsv-k", type=int, default=8)
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT/PyTorch baseline")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (matmul peaks, merge pass); "
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of (matmul peaks, merge pass); "
                         "the best of each is kept")
     parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
                         "(shapes only)")
