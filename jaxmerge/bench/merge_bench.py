@@ -61,6 +61,14 @@ PEAK_N = 4096
 PEAK_FLOPS = 2.0 * PEAK_N ** 3
 
 
+def _matmul_into():
+    """Jitted ``f(out, x, y) = x @ y`` written into the donated ``out`` (kept though unused, so that
+    XLA aliases the result to its buffer)."""
+    import jax
+
+    return jax.jit(lambda out, x, y: x @ y, donate_argnums=0, keep_unused=True)
+
+
 def _peak_arrays():
     """Operands for the float32 PEAK_N³ matmul peak in JAX (jitted, writing into a donated output
     buffer) and in torch (``out=``): both with preallocated outputs, like the merge pass, so that
@@ -71,7 +79,7 @@ def _peak_arrays():
 
     a = jax.random.normal(jax.random.key(0), (PEAK_N, PEAK_N), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (PEAK_N, PEAK_N), jnp.float32)
-    mm = jax.jit(lambda out, a, b: a @ b, donate_argnums=0, keep_unused=True)
+    mm = _matmul_into()
     state = {"out": mm(jnp.zeros((PEAK_N, PEAK_N), jnp.float32), a, b).block_until_ready()}
     ta, tb, tout = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N), torch.empty(PEAK_N, PEAK_N)
     torch.matmul(ta, tb, out=tout)
@@ -280,7 +288,7 @@ def run(args) -> int:
     # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled, into the
     # same recycled buffers; one sync per layer like the merge pass): what the merge would run at
     # with zero overhead of its own
-    dot = jax.jit(lambda out, b, a: b @ a, donate_argnums=0, keep_unused=True)
+    dot = _matmul_into()
     gemm_ops = [{m: (st.b[l], st.a[l]) for m, st in pool.modules.items()} for l in range(args.layers)]
     gemm_layer = _recycle(lambda m, buf, l: dot(buf, *gemm_ops[l][m]), pool, buffers)
     _timed_layers(gemm_layer, args.layers, "XLA GEMM (warm-up)")

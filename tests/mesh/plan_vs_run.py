@@ -18,6 +18,6 @@ config = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=512, n
 drawn = [shp.AdapterShape(r, 16.0, ("q_proj", "v_proj", "down_proj")) for r in (8, 16, 32, 64)]
 compiled, pool, mesh = compile_step(config, drawn, 1, batch=8, seq=256, tensor=1, dtype=jnp.float32)
 # the arguments' bytes from the compiled signature (not by allocating them a second time)
-arg_bytes = sum(math.prod(a.shape) * jnp.dtype(a._aval.dtype).itemsize for a in jax.tree.leaves(compiled.args_info[0]))
+arg_bytes = sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(compiled.args_info[0]))
 measured = measure_step(compiled, config.vocab_size, steps=2)
 print(json.dumps({"plan": memory(compiled), "measured": measured, "argument_bytes": arg_bytes}))
