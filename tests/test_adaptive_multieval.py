@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import mesh_env
 from jaxmerge.adaptive import multi_eval
 from jaxmerge.config import LlamaConfig, RopeConfig
 from jaxmerge.params import abstract_params
@@ -157,7 +158,7 @@ def test_batched_evaluation_on_an_8_device_mesh():
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = mesh_env(8)
     out = subprocess.run([sys.executable, "-c", MESH_SCRIPT, os.path.dirname(os.path.abspath(__file__))], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_adaptive_run import make_setup  # noqa: E402
+from conftest import mesh_env  # noqa: E402
 
 import jaxmerge  # noqa: E402
 from jaxmerge.adaptive import METHODS, Tuning, method  # noqa: E402
@@ -206,7 +207,7 @@ def test_training_on_a_simulated_8_device_mesh(setup):
     import subprocess
     base = setup[0]
     root = os.path.dirname(base.path)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = mesh_env(8)
     p = subprocess.run([sys.executable, "-c", MESH_SCRIPT, root, os.path.dirname(os.path.abspath(__file__))],
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import mesh_env
+
 SCRIPT = textwrap.dedent(r'''
     import json
     import jax, jax.numpy as jnp, numpy as np
@@ -73,7 +75,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_merges_on_an_8_device_mesh_equal_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = mesh_env(8)
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.split("REPORT", 1)[1])

@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
-from conftest import hf_llama
+from conftest import hf_llama, mesh_env
 
 HERE = os.path.dirname(__file__)
 
 
 def run_on_8_devices(script, *args):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = mesh_env(8)
     out = subprocess.run([sys.executable, os.path.join(HERE, "mesh", script), *map(str, args)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import jaxmerge
-from conftest import hf_llama
+from conftest import hf_llama, mesh_env
 from jaxmerge.lora import Dense
 from jaxmerge.pool import FilterPolicy, load_pool
 from test_pool_peft_format import edit_config, rewrite_keys, write_adapter
@@ -220,7 +220,7 @@ def test_stacks_on_a_mesh_sharded_like_the_base(setup):
     import subprocess
     import sys
     root, _, _, _ = setup
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = mesh_env(8)
     out = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(root / "base"), str(root / "adapters")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK 8" in out.stdout, out.stderr[-3000:]

@@ -10,7 +10,8 @@ random. For N layers (default 2) and every targeted module the benchmark measure
   buffer of its shape (one per distinct module shape, donated back each call): the workload of a
   consumer that uses each ΔW (folds it, writes it) before the next one of the same shape;
 * peak: the fastest float32 4096³ matmul, JAX's and torch's, both into preallocated outputs (the
-  larger is "the peak");
+  larger is "the peak"); JAX's with the same dot library as the merge (``--xla-cpu-dot``: XLA's
+  default, or oneDNN, ``jaxmerge.xla_cpu``; the JSON's ``xla_cpu_dot`` says what the merge ran);
 * PEFT: ``peft.tuners.lora.Linear.get_delta_weight`` per adapter, weighted and summed in torch on
   CPU, a fresh tensor per delta as PEFT does it (how the authors' release folds adapters); its
   layer 0 is checked against jaxmerge's (computed through the same recycled buffers);
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
                         "(shapes only)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
+    parser.add_argument("--xla-cpu-dot", choices=("default", "onednn"), default="default",
+                        help="XLA:CPU dot library: XLA's default (YNNPACK in jax 0.10) or oneDNN (experimental in "
+                        "XLA: linear merges only, TIES/TSV are skipped; jaxmerge.xla_cpu); the JSON reports what ran")
 
 
 PEAK_N = 4096
@@ -232,6 +236,14 @@ def _compile_per_module(lower, pool) -> tuple[dict, float, dict]:
 def run(args) -> int:
     import dataclasses
 
+    from ..xla_cpu import dot_backend, prefer_onednn_dot
+
+    if args.xla_cpu_dot == "onednn":
+        prefer_onednn_dot()  # before JAX starts its CPU backend; what ran is read back from the HLO below
+        if args.method_layers > 0:  # XLA's oneDNN fusion kills TSV (SIGILL, jax 0.10.2): never run them under it
+            print("jaxmerge bench merge: --xla-cpu-dot onednn times linear merges only (TIES/TSV skipped)",
+                  file=sys.stderr)
+            args.method_layers = 0
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -263,6 +275,7 @@ def run(args) -> int:
     compiled, compile_s, temps = _compile_per_module(
         lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool)
     fns = {m: (lambda buf, st, l, c=c: c(buf, st, w, l)) for m, c in compiled.items()}
+    dot_lib = sorted({dot_backend(c) for c in compiled.values()})
     peak_arrays = _peak_arrays()
 
     # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
@@ -334,6 +347,7 @@ def run(args) -> int:
         },
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
         "jax_version": jax.__version__, "device": str(jax.devices()[0].device_kind),
+        "xla_cpu_dot": ",".join(dot_lib), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     result["fraction_of_peak"] = result["useful_gflops"] / result["peak_gflops"]
     m = result["memory"]
@@ -342,7 +356,7 @@ def run(args) -> int:
         f"{result['useful_gflops']:.0f} useful GFLOP/s; peak {result['peak_gflops']:.0f} GFLOP/s "
         f"(jax {peak['jax_gflops']:.0f}, torch {peak['torch_gflops']:.0f}) → {result['fraction_of_peak']:.2f} of peak "
         f"(per round: {', '.join(f'{r:.2f}' for r in ratios)}); XLA's own GEMM on the same operand shapes "
-        f"{result['xla_gemm_same_shapes_gflops']:.0f} GFLOP/s")
+        f"{result['xla_gemm_same_shapes_gflops']:.0f} GFLOP/s; dots by {result['xla_cpu_dot']}")
     if reset:
         log(f"memory: merge peak above the baseline (stacks held) {workspace / 2**30:.3f} GiB vs one layer's deltas "
             f"{layer_delta_bytes / 2**30:.3f} GiB (stacks {stack_bytes / 2**30:.2f} GiB; output buffers "
