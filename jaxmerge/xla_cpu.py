@@ -20,8 +20,15 @@ import platform
 ONEDNN_DOT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_use_onednn=true",
                     "--xla_cpu_experimental_onednn_fusion_type=dot")
 # any of these in XLA_FLAGS means the user chose the dot library: leave it alone
-_USER_CHOICE = ("xla_cpu_experimental_ynn_fusion_type", "xla_cpu_use_onednn", "xla_cpu_experimental_onednn_fusion_type",
-                "xla_cpu_experimental_xnn_fusion_type", "xla_cpu_use_xnnpack")
+DOT_CHOICE_FLAGS = frozenset({
+    "xla_cpu_experimental_ynn_fusion_type", "xla_cpu_use_onednn", "xla_cpu_experimental_onednn_fusion_type",
+    "xla_cpu_experimental_onednn_custom_call", "xla_cpu_experimental_xnn_fusion_type",
+    "xla_cpu_experimental_xnn_graph_fusion_mode", "xla_cpu_use_xnnpack"})
+
+
+def flag_names(flags: str) -> set[str]:
+    """The flag names in an ``XLA_FLAGS`` string: ``"--a=1 --b"`` → ``{"a", "b"}``."""
+    return {f.lstrip("-").split("=", 1)[0] for f in flags.split()}
 OPT_OUT = "JAXMERGE_XLA_CPU_DOT"  # =default keeps XLA's own choice
 
 
@@ -39,7 +46,7 @@ def prefer_onednn_dot() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     flags = os.environ.get("XLA_FLAGS", "")
-    if any(name in flags for name in _USER_CHOICE):
+    if flag_names(flags) & DOT_CHOICE_FLAGS:
         return False
     os.environ["XLA_FLAGS"] = " ".join([flags, *ONEDNN_DOT_FLAGS]).strip()
     return True
@@ -47,9 +54,11 @@ def prefer_onednn_dot() -> bool:
 
 def dot_backend(compiled) -> str:
     """The library that runs the dots of a compiled executable (``jax.stages.Compiled``), from its
-    optimized HLO: ``"onednn"``, ``"ynnpack"``, ``"xnnpack"``, or ``"xla"`` (XLA's own emitter or a
-    non-CPU backend's GEMM)."""
+    optimized HLO: ``"onednn"``, ``"ynnpack"``, ``"xnnpack"``, ``"xla"`` (XLA's own emitter or a
+    non-CPU backend's GEMM), or ``"unknown"`` (the backend gives no HLO text)."""
     text = compiled.as_text()
+    if not text:
+        return "unknown"
     for tag, name in (("__onednn_fusion", "onednn"), ("__ynn_fusion", "ynnpack"), ("__xnn_fusion", "xnnpack")):
         if tag in text:
             return name

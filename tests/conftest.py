@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # every subprocess a test spawns (they inherit os.environ): LLVM at -O0 for XLA's generated kernels
 # (matmuls still go to XLA:CPU's library GEMM), and one compilation cache for the whole session so
 # that the CLI and mesh subprocesses reuse what was already compiled. The cache is a fresh temp dir:
-# no state carried between runs. Measured in BUILD_NOTES ("Test-suite time").
+# no state carried between runs. Measured in BUILD_NOTES ("Test suite").
 XLA_FLAGS_FAST_COMPILE = "--xla_backend_optimization_level=0"
 if XLA_FLAGS_FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # a nested pytest inherits it already set
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_FLAGS_FAST_COMPILE).strip()
@@ -34,11 +34,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 import pytest  # noqa: E402
 
 
-def mesh_env(devices: int = 8, **extra) -> dict:
-    """``os.environ`` for a subprocess that simulates ``devices`` CPU devices (XLA_FLAGS appended to,
-    not replaced, so the suite's compile flags and cache carry over)."""
+def mesh_env(devices: int = 8) -> dict:
+    """``os.environ`` for a subprocess on ``devices`` simulated CPU devices: ``JAX_PLATFORMS=cpu`` and
+    XLA_FLAGS appended to, not replaced, so the suite's compile flags and cache carry over."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+
 
 # A Llama 3.1-style tiny config: GQA, llama3 rope scaling with a short original context so that
 # the tests reach positions beyond it, untied embeddings.

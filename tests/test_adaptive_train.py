@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_adaptive_run import make_setup  # noqa: E402
 from conftest import mesh_env  # noqa: E402
+from test_adaptive_run import make_setup  # noqa: E402
 
 import jaxmerge  # noqa: E402
 from jaxmerge.adaptive import METHODS, Tuning, method  # noqa: E402

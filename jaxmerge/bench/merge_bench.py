@@ -240,10 +240,6 @@ def run(args) -> int:
 
     if args.xla_cpu_dot == "onednn":
         prefer_onednn_dot()  # before JAX starts its CPU backend; what ran is read back from the HLO below
-        if args.method_layers > 0:  # XLA's oneDNN fusion kills TSV (SIGILL, jax 0.10.2): never run them under it
-            print("jaxmerge bench merge: --xla-cpu-dot onednn times linear merges only (TIES/TSV skipped)",
-                  file=sys.stderr)
-            args.method_layers = 0
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -276,6 +272,13 @@ def run(args) -> int:
         lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool)
     fns = {m: (lambda buf, st, l, c=c: c(buf, st, w, l)) for m, c in compiled.items()}
     dot_lib = sorted({dot_backend(c) for c in compiled.values()})
+    if args.xla_cpu_dot == "onednn" and dot_lib != ["onednn"]:
+        log(f"jaxmerge bench merge: oneDNN asked for but the merge runs on {dot_lib} (not x86, "
+            "$JAXMERGE_XLA_CPU_DOT=default, XLA_FLAGS already choosing, or JAX started before the bench)")
+    if "onednn" in dot_lib and args.method_layers > 0:
+        # XLA's oneDNN fusion killed TSV's program (SIGILL, jax 0.10.2): never run TIES/TSV under it
+        log("jaxmerge bench merge: dots run on oneDNN, so only linear merges are timed (TIES/TSV skipped)")
+        args.method_layers = 0
     peak_arrays = _peak_arrays()
 
     # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
