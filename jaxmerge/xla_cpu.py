@@ -3,8 +3,8 @@
 jax 0.10's XLA:CPU sends dots to YNNPACK (``__ynn_fusion``); oneDNN (``__onednn_fusion``) is linked
 into jaxlib but off, and only the three ``ONEDNN_DOT_FLAGS`` together turn it on (each of them alone
 changes nothing: the dot stays YNNPACK's). On the AVX-512 machine of BUILD_NOTES oneDNN ran the
-merge's ``[out, R] × [R, in]`` products ~1.2× faster in paired runs, at torch/MKL's speed, with the
-same result (1.1e-6 from a float64 reference, like YNNPACK). But XLA's oneDNN fusion is
+merge's ``[out, R] × [R, in]`` products up to 1.25× faster (ahead in 2 of 3 paired runs; the host's
+noise is larger), at torch/MKL's speed for 4096³, with the same result (1.1e-6 from a float64 reference, like YNNPACK). But XLA's oneDNN fusion is
 experimental: under it TSV's compiled program died with SIGILL ("partition compile failed", jax
 0.10.2). So nothing in jaxmerge turns it on by default: ``jaxmerge bench merge --xla-cpu-dot
 onednn`` uses it for the linear merge only, and a user may call ``prefer_onednn_dot`` at the top of
@@ -24,12 +24,12 @@ DOT_CHOICE_FLAGS = frozenset({
     "xla_cpu_experimental_ynn_fusion_type", "xla_cpu_use_onednn", "xla_cpu_experimental_onednn_fusion_type",
     "xla_cpu_experimental_onednn_custom_call", "xla_cpu_experimental_xnn_fusion_type",
     "xla_cpu_experimental_xnn_graph_fusion_mode", "xla_cpu_use_xnnpack"})
+OPT_OUT = "JAXMERGE_XLA_CPU_DOT"  # =default keeps XLA's own choice
 
 
 def flag_names(flags: str) -> set[str]:
     """The flag names in an ``XLA_FLAGS`` string: ``"--a=1 --b"`` → ``{"a", "b"}``."""
     return {f.lstrip("-").split("=", 1)[0] for f in flags.split()}
-OPT_OUT = "JAXMERGE_XLA_CPU_DOT"  # =default keeps XLA's own choice
 
 
 def prefer_onednn_dot() -> bool:
