@@ -29,9 +29,8 @@ print("RESUMED_FROM", r.get("resumed_from"))
 """
 
 
-def _child(root, out, cache):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               PYTHONUNBUFFERED="1")
+def _child(root, out):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # the suite's compilation cache (conftest) comes with os.environ
     return subprocess.Popen([sys.executable, "-c", SCRIPT, root, out], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -47,9 +46,8 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     from jaxmerge.adaptive.run import run_method
     root = str(tmp_path / "setup")
     base, pool, data = make_setup(root)
-    cache = str(tmp_path / "jax_cache")
     out = str(tmp_path / "killed")
-    p = _child(root, out, cache)
+    p = _child(root, out)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:  # kill once a mid-run checkpoint exists
         if any(0 < s < STEPS for s in _steps_saved(out)):
@@ -61,7 +59,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     killed_at = _steps_saved(out)
     assert killed_at and max(killed_at) < STEPS and not os.path.exists(os.path.join(out, "result.json"))
 
-    q = _child(root, out, cache)
+    q = _child(root, out)
     text, _ = q.communicate(timeout=300)
     assert q.returncode == 0, text
     resumed = json.load(open(os.path.join(out, "result.json")))
