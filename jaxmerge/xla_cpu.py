@@ -1,14 +1,22 @@
-"""XLA:CPU's float32 GEMM: which library runs a jitted dot, and asking for oneDNN's.
+"""XLA:CPU's float32 GEMM library, chosen per compiled executable: which library runs a jitted dot,
+and compiling one program with oneDNN's.
 
-jax 0.10's XLA:CPU sends dots to YNNPACK (``__ynn_fusion``); oneDNN (``__onednn_fusion``) is linked
-into jaxlib but off, and only the three ``ONEDNN_DOT_FLAGS`` together turn it on (each of them alone
-changes nothing: the dot stays YNNPACK's). On the AVX-512 machine of BUILD_NOTES oneDNN ran the
-merge's ``[out, R] × [R, in]`` products up to 1.25× faster (ahead in 2 of 3 paired runs; the host's
-noise is larger), at torch/MKL's speed for 4096³, with the same result (1.1e-6 from a float64 reference, like YNNPACK). But XLA's oneDNN fusion is
-experimental: under it TSV's compiled program died with SIGILL ("partition compile failed", jax
-0.10.2). So nothing in jaxmerge turns it on by default: ``jaxmerge bench merge --xla-cpu-dot
-onednn`` uses it for the linear merge only, and a user may call ``prefer_onednn_dot`` at the top of
-a program that only does linear merges. The flags are read once, when JAX starts its CPU backend;
+jax 0.10's XLA:CPU sends dots to YNNPACK (``__ynn_fusion``). oneDNN (``__onednn_fusion``) is linked
+into jaxlib but off; the three ``ONEDNN_DOT_OPTIONS`` together turn it on (each alone changes
+nothing). They are XLA debug options, so they can be given to one compilation
+(``lowered.compile(compiler_options=...)``) instead of to the whole process through ``XLA_FLAGS``:
+``compile`` does that, and every other program keeps XLA's default.
+
+Why per executable: on the AVX-512 machine of BUILD_NOTES oneDNN runs the merge's
+``[out, R] × [R, in]`` products at torch/MKL's speed, 1.2–1.3× YNNPACK's (``jaxmerge bench
+merge``: 0.75–0.84 of the machine's peak against 0.64–0.69), with the same result. But XLA's oneDNN
+fusion is experimental: when an elementwise product of two entry parameters feeds a dot (``u @ (v *
+s[:, None])``) it pulls the multiply into the oneDNN partition, fails to compile it ("partition
+compile failed") and the process dies of SIGILL (jax 0.10.2) — TSV's programs and the model's
+forward have that pattern. ``linear_layer_into`` does not (its row scaling is fused with the layer's
+dynamic slice, so oneDNN gets two plain operands; tested over shapes of both orientations), so
+it is the program ``jaxmerge bench merge`` compiles with oneDNN, by default on x86-64.
+
 ``dot_backend`` reads a compiled executable's HLO, so a caller reports what actually ran.
 """
 
@@ -17,14 +25,17 @@ from __future__ import annotations
 import os
 import platform
 
-ONEDNN_DOT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_use_onednn=true",
-                    "--xla_cpu_experimental_onednn_fusion_type=dot")
-# any of these in XLA_FLAGS means the user chose the dot library: leave it alone
+# XLA DebugOptions for one compilation (the XLA_FLAGS spelling: --xla_cpu_experimental_ynn_fusion_type=
+# --xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot)
+ONEDNN_DOT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_onednn": True,
+                      "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# any of these in XLA_FLAGS means the user chose the dot library: "auto" leaves it alone
 DOT_CHOICE_FLAGS = frozenset({
     "xla_cpu_experimental_ynn_fusion_type", "xla_cpu_use_onednn", "xla_cpu_experimental_onednn_fusion_type",
     "xla_cpu_experimental_onednn_custom_call", "xla_cpu_experimental_xnn_fusion_type",
     "xla_cpu_experimental_xnn_graph_fusion_mode", "xla_cpu_use_xnnpack"})
-OPT_OUT = "JAXMERGE_XLA_CPU_DOT"  # =default keeps XLA's own choice
+OPT_OUT = "JAXMERGE_XLA_CPU_DOT"  # =default: "auto" keeps XLA's own choice
+DOT_CHOICES = ("auto", "default", "onednn")
 
 
 def flag_names(flags: str) -> set[str]:
@@ -32,24 +43,37 @@ def flag_names(flags: str) -> set[str]:
     return {f.lstrip("-").split("=", 1)[0] for f in flags.split()}
 
 
-def prefer_onednn_dot() -> bool:
-    """Append ``ONEDNN_DOT_FLAGS`` to ``XLA_FLAGS`` so that XLA:CPU runs float dots through oneDNN.
-    Linear merges only: TSV crashed under it (module docstring).
-
-    Does nothing (returns False) when the machine is not x86-64 (oneDNN's fast kernels are x86),
-    when ``XLA_FLAGS`` already names a dot library, or when ``$JAXMERGE_XLA_CPU_DOT=default``.
-    Returns True when it changed ``XLA_FLAGS``; that only takes effect if JAX's CPU backend has not
-    started yet (check with ``dot_backend``). Harmless on GPU/TPU: the flags are XLA:CPU's.
-    """
+def dot_options(dot: str = "auto", platform_name: str | None = None) -> dict:
+    """XLA compiler options for a program's dots: ``"default"`` → ``{}`` (XLA's choice),
+    ``"onednn"`` → ``ONEDNN_DOT_OPTIONS``, ``"auto"`` → oneDNN's when the program compiles for the
+    CPU of an x86-64 machine and neither ``$JAXMERGE_XLA_CPU_DOT=default`` nor ``XLA_FLAGS`` (a dot
+    library named there) says otherwise, else ``{}``. ``platform_name``: the backend compiled for
+    (default: JAX's default backend). Only for programs known to compile under oneDNN (module
+    docstring)."""
+    if dot not in DOT_CHOICES:
+        raise ValueError(f"dot={dot!r}: expected one of {DOT_CHOICES}")
+    if platform_name is None:
+        import jax
+        platform_name = jax.default_backend()
+    if dot == "default" or platform_name != "cpu":
+        return {}
+    if dot == "onednn":
+        return dict(ONEDNN_DOT_OPTIONS)
     if os.environ.get(OPT_OUT, "").lower() == "default":
-        return False
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    flags = os.environ.get("XLA_FLAGS", "")
-    if flag_names(flags) & DOT_CHOICE_FLAGS:
-        return False
-    os.environ["XLA_FLAGS"] = " ".join([flags, *ONEDNN_DOT_FLAGS]).strip()
-    return True
+        return {}
+    if platform.machine().lower() not in ("x86_64", "amd64"):  # oneDNN's fast kernels are x86's
+        return {}
+    if flag_names(os.environ.get("XLA_FLAGS", "")) & DOT_CHOICE_FLAGS:
+        return {}
+    return dict(ONEDNN_DOT_OPTIONS)
+
+
+def compile(lowered, dot: str = "auto"):
+    """``lowered.compile()`` (a ``jax.stages.Lowered`` for JAX's default backend) with ``dot_options(dot)``:
+    e.g. ``xla_cpu.compile(merge.linear_layer_into.lower(buf, stack, w, 0))``. The options are part
+    of JAX's compilation-cache key, so a cached executable is never one of the other library."""
+    options = dot_options(dot)
+    return lowered.compile(compiler_options=options) if options else lowered.compile()
 
 
 def dot_backend(compiled) -> str:

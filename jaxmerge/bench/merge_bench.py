@@ -10,13 +10,15 @@ random. For N layers (default 2) and every targeted module the benchmark measure
   buffer of its shape (one per distinct module shape, donated back each call): the workload of a
   consumer that uses each ΔW (folds it, writes it) before the next one of the same shape;
 * peak: the fastest float32 4096³ matmul, JAX's and torch's, both into preallocated outputs (the
-  larger is "the peak"); JAX's with the same dot library as the merge (``--xla-cpu-dot``: XLA's
-  default, or oneDNN, ``jaxmerge.xla_cpu``; the JSON's ``xla_cpu_dot`` says what the merge ran);
+  larger is "the peak"); JAX's compiled with the same dot library as the merge (``--xla-cpu-dot``:
+  ``auto`` = oneDNN on an x86-64 CPU, else XLA's default; ``jaxmerge.xla_cpu``; the JSON's
+  ``xla_cpu_dot`` says what the merge ran);
 * PEFT: ``peft.tuners.lora.Linear.get_delta_weight`` per adapter, weighted and summed in torch on
   CPU, a fresh tensor per delta as PEFT does it (how the authors' release folds adapters); its
   layer 0 is checked against jaxmerge's (computed through the same recycled buffers);
 * TIES and TSV on ``--method-layers`` layers at the same shapes (fresh arrays, a layer's deltas
-  held until the layer is done).
+  held until the layer is done), compiled with XLA's default dot library (their programs do not
+  compile under XLA's oneDNN fusion, ``jaxmerge.xla_cpu``).
 
 The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass, one pass of
 XLA's bare GEMM on the same operands into the same buffers) and keeps the best of each; the
@@ -38,6 +40,7 @@ import sys
 import time
 
 from ..memstat import current_rss, peak_rss, reset_peak_rss
+from ..xla_cpu import DOT_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,24 +59,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
                         "(shapes only)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
-    parser.add_argument("--xla-cpu-dot", choices=("default", "onednn"), default="default",
-                        help="XLA:CPU dot library: XLA's default (YNNPACK in jax 0.10) or oneDNN (experimental in "
-                        "XLA: linear merges only, TIES/TSV are skipped; jaxmerge.xla_cpu); the JSON reports what ran")
+    parser.add_argument("--xla-cpu-dot", choices=DOT_CHOICES, default="auto",
+                        help="XLA:CPU dot library of the linear merge and JAX's matmul peak: auto (oneDNN on an x86-64 "
+                        "CPU unless $JAXMERGE_XLA_CPU_DOT=default or XLA_FLAGS names one), default (XLA's: YNNPACK in "
+                        "jax 0.10) or onednn; TIES/TSV always XLA's default; the JSON reports what ran")
 
 
 PEAK_N = 4096
 PEAK_FLOPS = 2.0 * PEAK_N ** 3
 
 
-def _matmul_into():
-    """Jitted ``f(out, x, y) = x @ y`` written into the donated ``out`` (kept though unused, so that
-    XLA aliases the result to its buffer)."""
+def _matmul_into(dot: str):
+    """``f(out, x, y) = x @ y`` written into the donated ``out`` (kept though unused, so that XLA
+    aliases the result to its buffer), compiled per shape with ``dot``'s library (``xla_cpu``)."""
     import jax
 
-    return jax.jit(lambda out, x, y: x @ y, donate_argnums=0, keep_unused=True)
+    from .. import xla_cpu
+
+    jitted = jax.jit(lambda out, x, y: x @ y, donate_argnums=0, keep_unused=True)
+    compiled = {}
+
+    def call(out, x, y):
+        key = (out.shape, x.shape, y.shape)
+        if key not in compiled:
+            compiled[key] = xla_cpu.compile(jitted.lower(out, x, y), dot)
+        return compiled[key](out, x, y)
+
+    return call
 
 
-def _peak_arrays():
+def _peak_arrays(dot: str):
     """Operands for the float32 PEAK_N³ matmul peak in JAX (jitted, writing into a donated output
     buffer) and in torch (``out=``): both with preallocated outputs, like the merge pass, so that
     neither pays for faulting in fresh pages and the peak is the best this machine does."""
@@ -83,7 +98,7 @@ def _peak_arrays():
 
     a = jax.random.normal(jax.random.key(0), (PEAK_N, PEAK_N), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (PEAK_N, PEAK_N), jnp.float32)
-    mm = _matmul_into()
+    mm = _matmul_into(dot)
     state = {"out": mm(jnp.zeros((PEAK_N, PEAK_N), jnp.float32), a, b).block_until_ready()}
     ta, tb, tout = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N), torch.empty(PEAK_N, PEAK_N)
     torch.matmul(ta, tb, out=tout)
@@ -221,13 +236,15 @@ def _recycle(call, pool, buffers: dict):
     return run_layer
 
 
-def _compile_per_module(lower, pool) -> tuple[dict, float, dict]:
-    """AOT-compile ``lower(module, stack)`` (a ``jax.stages.Lowered``) per module: (executables,
-    seconds, XLA's workspace bytes per module)."""
+def _compile_per_module(lower, pool, dot: str = "default") -> tuple[dict, float, dict]:
+    """AOT-compile ``lower(module, stack)`` (a ``jax.stages.Lowered``) per module with ``dot``'s
+    library (``xla_cpu``): (executables, seconds, XLA's workspace bytes per module)."""
+    from ..xla_cpu import compile as compile_dot
+
     t = time.perf_counter()
     fns, temp = {}, {}
     for m, st in pool.modules.items():
-        fns[m] = lower(m, st).compile()
+        fns[m] = compile_dot(lower(m, st), dot)
         mem = fns[m].memory_analysis()
         temp[m] = None if mem is None else int(mem.temp_size_in_bytes)
     return fns, time.perf_counter() - t, temp
@@ -236,10 +253,6 @@ def _compile_per_module(lower, pool) -> tuple[dict, float, dict]:
 def run(args) -> int:
     import dataclasses
 
-    from ..xla_cpu import dot_backend, prefer_onednn_dot
-
-    if args.xla_cpu_dot == "onednn":
-        prefer_onednn_dot()  # before JAX starts its CPU backend; what ran is read back from the HLO below
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -248,6 +261,7 @@ def run(args) -> int:
     from ..merge import linear_layer_into, ties, tsv
     from ..merge._groups import layer_window
     from ..shapes import draw, load_shapes
+    from ..xla_cpu import dot_backend
 
     if args.layers < 1 or args.k < 1 or args.rounds < 1:
         print("jaxmerge bench merge: --layers, --k and --rounds must be positive", file=sys.stderr)
@@ -269,17 +283,11 @@ def run(args) -> int:
     shapes_out = sorted({_shape(pool, m) for m in pool.modules}, key=lambda sh: -sh[0] * sh[1])
     f32 = jnp.float32
     compiled, compile_s, temps = _compile_per_module(
-        lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool)
+        lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool,
+        args.xla_cpu_dot)
     fns = {m: (lambda buf, st, l, c=c: c(buf, st, w, l)) for m, c in compiled.items()}
     dot_lib = sorted({dot_backend(c) for c in compiled.values()})
-    if args.xla_cpu_dot == "onednn" and dot_lib != ["onednn"]:
-        log(f"jaxmerge bench merge: oneDNN asked for but the merge runs on {dot_lib} (not x86, "
-            "$JAXMERGE_XLA_CPU_DOT=default, XLA_FLAGS already choosing, or JAX started before the bench)")
-    if "onednn" in dot_lib and args.method_layers > 0:
-        # XLA's oneDNN fusion killed TSV's program (SIGILL, jax 0.10.2): never run TIES/TSV under it
-        log("jaxmerge bench merge: dots run on oneDNN, so only linear merges are timed (TIES/TSV skipped)")
-        args.method_layers = 0
-    peak_arrays = _peak_arrays()
+    peak_arrays = _peak_arrays(args.xla_cpu_dot)
 
     # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
     # could be reused unseen): the kernel's peak-RSS mark is reset, the output buffers (one per
@@ -304,7 +312,7 @@ def run(args) -> int:
     # XLA's own GEMM on exactly the merge's operands (every layer, contiguous, unscaled, into the
     # same recycled buffers; one sync per layer like the merge pass): what the merge would run at
     # with zero overhead of its own
-    dot = _matmul_into()
+    dot = _matmul_into(args.xla_cpu_dot)
     gemm_ops = [{m: (st.b[l], st.a[l]) for m, st in pool.modules.items()} for l in range(args.layers)]
     gemm_layer = _recycle(lambda m, buf, l: dot(buf, *gemm_ops[l][m]), pool, buffers)
     _timed_layers(gemm_layer, args.layers, "XLA GEMM (warm-up)")
@@ -350,7 +358,8 @@ def run(args) -> int:
         },
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
         "jax_version": jax.__version__, "device": str(jax.devices()[0].device_kind),
-        "xla_cpu_dot": ",".join(dot_lib), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_cpu_dot": ",".join(dot_lib), "xla_cpu_dot_asked": args.xla_cpu_dot,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     result["fraction_of_peak"] = result["useful_gflops"] / result["peak_gflops"]
     m = result["memory"]

@@ -58,6 +58,10 @@ def linear_layer_into(out: jax.Array, stack: ModuleStack, weights: jax.Array, la
     faults in fresh pages for its output (~10 % of the time at Llama-3.1-8B shapes on CPU,
     BUILD_NOTES) and the loop holds those buffers, never one new array per call. The caller must
     use each ΔW before passing its buffer back.
+
+    On an x86-64 CPU, compile it with oneDNN's GEMM for ~1.25× the speed of XLA's default
+    (``jaxmerge.xla_cpu.compile(linear_layer_into.lower(out, stack, weights, 0))``; its program
+    is one XLA:CPU's oneDNN fusion compiles, tested at shapes of both orientations).
     """
     shape = (stack.b.shape[1], stack.a.shape[2])
     if out.shape != shape:
