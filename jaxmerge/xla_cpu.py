@@ -12,8 +12,8 @@ Why per executable: on the AVX-512 machine of BUILD_NOTES oneDNN runs the merge'
 merge``: 0.75–0.84 of the machine's peak against 0.64–0.69), with the same result. But XLA's oneDNN
 fusion is experimental: when an elementwise product of two entry parameters feeds a dot (``u @ (v *
 s[:, None])``) it pulls the multiply into the oneDNN partition, fails to compile it ("partition
-compile failed") and the process dies of SIGILL (jax 0.10.2) — TSV's programs and the model's
-forward have that pattern. ``linear_layer_into`` does not (its row scaling is fused with the layer's
+compile failed") and the process dies of SIGILL (jax 0.10.2) — TSV's programs have that pattern,
+and nothing keeps other programs from having it. ``linear_layer_into`` does not (its row scaling is fused with the layer's
 dynamic slice, so oneDNN gets two plain operands; tested over shapes of both orientations), so
 it is the program ``jaxmerge bench merge`` compiles with oneDNN, by default on x86-64.
 
@@ -71,9 +71,21 @@ def dot_options(dot: str = "auto", platform_name: str | None = None) -> dict:
 def compile(lowered, dot: str = "auto"):
     """``lowered.compile()`` (a ``jax.stages.Lowered`` for JAX's default backend) with ``dot_options(dot)``:
     e.g. ``xla_cpu.compile(merge.linear_layer_into.lower(buf, stack, w, 0))``. The options are part
-    of JAX's compilation-cache key, so a cached executable is never one of the other library."""
+    of JAX's compilation-cache key, so a cached executable is never one of the other library.
+    With ``dot="auto"``, a jaxlib that rejects the options (renamed in a later XLA) gets XLA's
+    default and a warning; with ``dot="onednn"`` the error is raised."""
     options = dot_options(dot)
-    return lowered.compile(compiler_options=options) if options else lowered.compile()
+    if not options:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=options)
+    except Exception as e:  # noqa: BLE001 — jax raises JaxRuntimeError (INVALID_ARGUMENT) for unknown options
+        if dot != "auto":
+            raise
+        import warnings
+        warnings.warn(f"jaxmerge.xla_cpu: this jaxlib rejects the oneDNN dot options ({e}); using XLA's default",
+                      RuntimeWarning, stacklevel=2)
+        return lowered.compile()
 
 
 def dot_backend(compiled) -> str:

@@ -62,3 +62,19 @@ def test_merge_compiled_with_onednn_is_exact_and_others_keep_the_default(o, d, L
     for compiled in (onednn, default):
         out = np.asarray(compiled(jnp.zeros((o, d), jnp.float32), st, w, l), np.float64)
         assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-6  # float32 GEMM of O(1) values: rounding only
+
+
+def test_rejected_options_fall_back_under_auto_and_raise_when_asked(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+    monkeypatch.setattr(xla_cpu, "ONEDNN_DOT_OPTIONS", {"xla_cpu_no_such_option_in_any_xla": True})
+    lowered = jax.jit(lambda x, y: x @ y).lower(jnp.ones((8, 8)), jnp.ones((8, 8)))
+    with pytest.raises(Exception, match="xla_cpu_no_such_option_in_any_xla"):
+        xla_cpu.compile(lowered, "onednn")
+    if X86:  # "auto" asks for oneDNN here: warned, XLA's default compiled
+        with pytest.warns(RuntimeWarning, match="rejects the oneDNN dot options"):
+            compiled = xla_cpu.compile(lowered, "auto")
+    else:
+        compiled = xla_cpu.compile(lowered, "auto")
+    assert xla_cpu.dot_backend(compiled) != "onednn"
+    np.testing.assert_array_equal(np.asarray(compiled(jnp.ones((8, 8)), jnp.ones((8, 8)))), 8.0)
