@@ -31,7 +31,23 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # share the cache; without the lock a reader can see a half-written entry, which jax only warns about)
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
+# Under pytest-xdist (``-n auto`` in pyproject's addopts) each worker gets its own share of the CPUs, before
+# JAX starts: XLA sizes its thread pools from the affinity mask, so two workers never oversubscribe the
+# machine with two pools of every core (BUILD_NOTES, "Test suite").
+_WORKER, _WORKERS = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKER.startswith("gw") and _WORKERS > 1 and hasattr(os, "sched_setaffinity"):
+    _cpus = sorted(os.sched_getaffinity(0))
+    if len(_cpus) >= _WORKERS:
+        os.sched_setaffinity(0, _cpus[int(_WORKER[2:]) % _WORKERS::_WORKERS])
+
 import pytest  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use, at most 4 (each worker
+    holds its own JAX, torch and compiled programs)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, 4))
 
 
 def mesh_env(devices: int = 8) -> dict:
