@@ -8,8 +8,8 @@ nothing). They are XLA debug options, so they can be given to one compilation
 ``compile`` does that, and every other program keeps XLA's default.
 
 Why per executable: on the AVX-512 machine of BUILD_NOTES oneDNN runs the merge's
-``[out, R] × [R, in]`` products at torch/MKL's speed, 1.2–1.3× YNNPACK's (``jaxmerge bench
-merge``: 0.75–0.84 of the machine's peak against 0.64–0.69), with the same result. But XLA's oneDNN
+``[out, R] × [R, in]`` products at torch/MKL's speed, ~1.2× YNNPACK's (``jaxmerge bench merge``:
+0.75–0.84 of the machine's peak against 0.62–0.72), with the same result. But XLA's oneDNN
 fusion is experimental: when an elementwise product of two entry parameters feeds a dot (``u @ (v *
 s[:, None])``) it pulls the multiply into the oneDNN partition, fails to compile it ("partition
 compile failed") and the process dies of SIGILL (jax 0.10.2) — TSV's programs have that pattern,
@@ -44,12 +44,11 @@ def flag_names(flags: str) -> set[str]:
 
 
 def dot_options(dot: str = "auto", platform_name: str | None = None) -> dict:
-    """XLA compiler options for a program's dots: ``"default"`` → ``{}`` (XLA's choice),
-    ``"onednn"`` → ``ONEDNN_DOT_OPTIONS``, ``"auto"`` → oneDNN's when the program compiles for the
-    CPU of an x86-64 machine and neither ``$JAXMERGE_XLA_CPU_DOT=default`` nor ``XLA_FLAGS`` (a dot
-    library named there) says otherwise, else ``{}``. ``platform_name``: the backend compiled for
-    (default: JAX's default backend). Only for programs known to compile under oneDNN (module
-    docstring)."""
+    """XLA compiler options for a program's dots on ``platform_name`` (default: JAX's default
+    backend; any other than ``"cpu"`` gets ``{}``): ``"default"`` → ``{}`` (XLA's choice),
+    ``"onednn"`` → ``ONEDNN_DOT_OPTIONS``, ``"auto"`` → oneDNN's on an x86-64 machine unless
+    ``$JAXMERGE_XLA_CPU_DOT=default`` or ``XLA_FLAGS`` (a dot library named there) says otherwise,
+    else ``{}``. Only for programs known to compile under oneDNN (module docstring)."""
     if dot not in DOT_CHOICES:
         raise ValueError(f"dot={dot!r}: expected one of {DOT_CHOICES}")
     if platform_name is None:
@@ -68,18 +67,20 @@ def dot_options(dot: str = "auto", platform_name: str | None = None) -> dict:
     return dict(ONEDNN_DOT_OPTIONS)
 
 
-def compile(lowered, dot: str = "auto"):
+def compile(lowered, dot: str = "auto"):  # noqa: A001 — used as xla_cpu.compile
     """``lowered.compile()`` (a ``jax.stages.Lowered`` for JAX's default backend) with ``dot_options(dot)``:
     e.g. ``xla_cpu.compile(merge.linear_layer_into.lower(buf, stack, w, 0))``. The options are part
     of JAX's compilation-cache key, so a cached executable is never one of the other library.
     With ``dot="auto"``, a jaxlib that rejects the options (renamed in a later XLA) gets XLA's
     default and a warning; with ``dot="onednn"`` the error is raised."""
+    import jax
+
     options = dot_options(dot)
     if not options:
         return lowered.compile()
     try:
         return lowered.compile(compiler_options=options)
-    except Exception as e:  # noqa: BLE001 — jax raises JaxRuntimeError (INVALID_ARGUMENT) for unknown options
+    except jax.errors.JaxRuntimeError as e:  # INVALID_ARGUMENT for an option this XLA does not know
         if dot != "auto":
             raise
         import warnings

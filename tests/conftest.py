@@ -34,18 +34,23 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 # Under pytest-xdist (``-n auto`` in pyproject's addopts) each worker gets its own share of the CPUs, before
 # JAX starts: XLA sizes its thread pools from the affinity mask, so two workers never oversubscribe the
 # machine with two pools of every core (BUILD_NOTES, "Test suite").
+# Once per worker: its subprocesses inherit both the mask and this environment (and some import conftest).
 _WORKER, _WORKERS = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKER.startswith("gw") and _WORKERS > 1 and hasattr(os, "sched_setaffinity"):
-    _cpus = sorted(os.sched_getaffinity(0))
-    if len(_cpus) >= _WORKERS:
-        os.sched_setaffinity(0, _cpus[int(_WORKER[2:]) % _WORKERS::_WORKERS])
+if (_WORKER.startswith("gw") and _WORKERS > 1 and hasattr(os, "sched_setaffinity")
+        and os.environ.get("JAXMERGE_TEST_PINNED") != _WORKER):
+    _cpus, _i = sorted(os.sched_getaffinity(0)), int(_WORKER[2:])
+    # more workers than CPUs (-n 4 on 2): workers share a CPU rather than each spreading over all of them
+    os.sched_setaffinity(0, _cpus[_i % _WORKERS::_WORKERS] if len(_cpus) >= _WORKERS else [_cpus[_i % len(_cpus)]])
+    os.environ["JAXMERGE_TEST_PINNED"] = _WORKER
 
 import pytest  # noqa: E402
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use, at most 4 (each worker
-    holds its own JAX, torch and compiled programs)."""
+    """``-n auto`` (pyproject's addopts): ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` if set, else one worker per CPU
+    this process may use, at most 4 (each worker holds its own JAX, torch and compiled programs)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cpus, 4))
 

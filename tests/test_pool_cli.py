@@ -156,6 +156,7 @@ def test_random_reinit_and_with_target(setup, tmp_path):
         np.testing.assert_array_equal(after[0][m][1], before[0][m][1])
         for i in range(4):  # absent (adapter, layer) entries stay exactly zero
             a, b, present = after[i][m]
+            np.testing.assert_array_equal(present, before[i][m][2])
             for layer in range(2):
                 if not present[layer]:
                     assert not a[layer].any() and not b[layer].any()

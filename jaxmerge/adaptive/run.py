@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ from .methods import METHODS, method as make_method
 from .selection import SIMILARITIES
 from .space import LoraSpec, Method
 from .target_lora import as_pool, init_lora, load_peft, lora_adapters, save_peft
-from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval, micro_batches
+from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval, micro_batches, place_batch
 
 
 
@@ -242,7 +242,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
         both = {key: np.concatenate([train_b[key], _pad_to(val_b[key], train_b[key].shape[1])])
                 for key in train_b}
         ev = make_eval(loss_fn, penalty)
-        all_b = _micro_all(both)
+        all_b = place_batch(micro_batches(both, 8))
         sr = search(lambda w: float(ev({"w": jnp.asarray(w, jnp.float32)}, fz, all_b)), np.asarray(w0),
                     m.tuning, seed=int(jax.random.randint(keys["train"], (), 0, 2**31 - 1)),
                     history_path=os.path.join(out_dir, "lorahub.json"), progress=progress, desc=m.name)
@@ -286,10 +286,6 @@ def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, T - x.shape[1])))
 
 
-def _micro_all(batch: Mapping[str, np.ndarray], micro: int = 8) -> dict:
-    return {k: jnp.asarray(v) for k, v in micro_batches(batch, micro).items()}
-
-
 @functools.lru_cache(maxsize=4)
 def _plain_eval(config):
     """One jitted mean-answer-loss per model config, shared by the runs of a process (a sweep): its
@@ -300,7 +296,7 @@ def _plain_eval(config):
 
 def _loss(params, adapters, batch, config) -> float:
     """Mean answer loss of one encoded split under ``adapters`` (None: the base)."""
-    return float(_plain_eval(config)(adapters, params, _micro_all(batch)))
+    return float(_plain_eval(config)(adapters, params, place_batch(micro_batches(batch, 8))))
 
 
 def _jsonable(x):

@@ -120,7 +120,9 @@ def micro_batches(batch: Batch, micro: int) -> dict:
     return _micro(batch, np.arange(n), m)
 
 
-def _place(batch: dict, mesh) -> dict:
+def place_batch(batch: dict, mesh=None) -> dict:
+    """Host arrays ``[n/m, m, T]`` (``micro_batches``) on the device, or on ``mesh`` with the
+    micro-batch axis over ``data`` where it divides (else replicated)."""
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in batch.items()}
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -216,7 +218,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     n_train = len(np.asarray(train["tokens"]))
     opt = optimizer(tuning, trainable, lora_keys)
     step_fn, eval_fn = make_step(loss_fn, opt, penalty, project), make_eval(loss_fn)  # validation: the plain loss
-    val_b = _place(micro_batches(val, micro), mesh)
+    val_b = place_batch(micro_batches(val, micro), mesh)
 
     trainable = place_state(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable), mesh)  # donated by the step
     n_hist = steps // max(tuning.eval_every, 1) + 2
@@ -259,7 +261,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     loss = float("nan")
     for s in range(start, steps):
         idx = batch_indices(key, s, n_train, bs)
-        run, loss = step_fn(run, frozen, _place(_micro(train, idx, micro), mesh))
+        run, loss = step_fn(run, frozen, place_batch(_micro(train, idx, micro), mesh))
         done = s + 1
         if done % tuning.eval_every == 0 or done == steps:
             v = evaluate(done)

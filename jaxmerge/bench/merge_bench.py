@@ -17,7 +17,7 @@ random. For N layers (default 2) and every targeted module the benchmark measure
   CPU, a fresh tensor per delta as PEFT does it (how the authors' release folds adapters); its
   layer 0 is checked against jaxmerge's (computed through the same recycled buffers);
 * TIES and TSV on ``--method-layers`` layers at the same shapes (fresh arrays, a layer's deltas
-  held until the layer is done), compiled with XLA's default dot library (their programs do not
+  held until the layer is done), compiled with XLA's default dot library (TSV's program does not
   compile under XLA's oneDNN fusion, ``jaxmerge.xla_cpu``).
 
 The machine is shared, so ``--rounds`` interleaves (both matmul peaks, one merge pass, one pass of
