@@ -60,7 +60,7 @@ def test_merge_compiled_with_onednn_is_exact_and_others_keep_the_default(o, d, L
         onednn = xla_cpu.compile(lowered, "onednn")
         assert xla_cpu.dot_backend(onednn) == "onednn"
         compiled.append(onednn)
-    assert xla_cpu.dot_backend(default) != "onednn"  # per executable: the options do not leak (nor through the cache)
+    assert xla_cpu.dot_backend(default) != "onednn"  # per executable: the options do not leak
     l = L - 1
     a, b, off = np.asarray(st.a[l], np.float64), np.asarray(st.b[l], np.float64), np.cumsum((0,) + ranks)
     ref = sum(float(w[i] * st.scale[i]) * b[:, off[i]:off[i + 1]] @ a[off[i]:off[i + 1]] for i in range(4) if ranks[i])
