@@ -40,7 +40,7 @@ import sys
 import time
 
 from ..memstat import current_rss, peak_rss, reset_peak_rss
-from ..xla_cpu import DOT_CHOICES
+from .. import xla_cpu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json "
                         "(shapes only)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
-    parser.add_argument("--xla-cpu-dot", choices=DOT_CHOICES, default="auto",
+    parser.add_argument("--xla-cpu-dot", choices=xla_cpu.DOT_CHOICES, default="auto",
                         help="XLA:CPU dot library of the linear merge and JAX's matmul peak: auto (oneDNN on an x86-64 "
                         "CPU unless $JAXMERGE_XLA_CPU_DOT=default or XLA_FLAGS names one), default (XLA's: YNNPACK in "
                         "jax 0.10) or onednn; TIES/TSV always XLA's default; the JSON reports what ran")
@@ -73,8 +73,6 @@ def _matmul_into(dot: str):
     """``f(out, x, y) = x @ y`` written into the donated ``out`` (kept though unused, so that XLA
     aliases the result to its buffer), compiled per shape with ``dot``'s library (``xla_cpu``)."""
     import jax
-
-    from .. import xla_cpu
 
     jitted = jax.jit(lambda out, x, y: x @ y, donate_argnums=0, keep_unused=True)
     compiled = {}
@@ -239,12 +237,10 @@ def _recycle(call, pool, buffers: dict):
 def _compile_per_module(lower, pool, dot: str = "default") -> tuple[dict, float, dict]:
     """AOT-compile ``lower(module, stack)`` (a ``jax.stages.Lowered``) per module with ``dot``'s
     library (``xla_cpu``): (executables, seconds, XLA's workspace bytes per module)."""
-    from ..xla_cpu import compile as compile_dot
-
     t = time.perf_counter()
     fns, temp = {}, {}
     for m, st in pool.modules.items():
-        fns[m] = compile_dot(lower(m, st), dot)
+        fns[m] = xla_cpu.compile(lower(m, st), dot)
         mem = fns[m].memory_analysis()
         temp[m] = None if mem is None else int(mem.temp_size_in_bytes)
     return fns, time.perf_counter() - t, temp
@@ -261,7 +257,6 @@ def run(args) -> int:
     from ..merge import linear_layer_into, ties, tsv
     from ..merge._groups import layer_window
     from ..shapes import draw, load_shapes
-    from ..xla_cpu import dot_backend
 
     if args.layers < 1 or args.k < 1 or args.rounds < 1:
         print("jaxmerge bench merge: --layers, --k and --rounds must be positive", file=sys.stderr)
@@ -286,7 +281,10 @@ def run(args) -> int:
         lambda m, st: linear_layer_into.lower(jax.ShapeDtypeStruct(_shape(pool, m), f32), st, w, 0), pool,
         args.xla_cpu_dot)
     fns = {m: (lambda buf, st, l, c=c: c(buf, st, w, l)) for m, c in compiled.items()}
-    dot_lib = sorted({dot_backend(c) for c in compiled.values()})
+    dot_lib = sorted({xla_cpu.dot_backend(c) for c in compiled.values()})
+    if args.xla_cpu_dot == "onednn" and dot_lib != ["onednn"]:
+        log(f"jaxmerge bench merge: oneDNN asked for, but the merge's dots run on {','.join(dot_lib)} "
+            f"(JAX's backend: {jax.default_backend()})")
     peak_arrays = _peak_arrays(args.xla_cpu_dot)
 
     # Memory first, before anything else of these shapes is allocated and freed (freed heap blocks
