@@ -54,13 +54,13 @@ def test_merge_compiled_with_onednn_is_exact_and_others_keep_the_default(o, d, L
                      present=jnp.ones((4, L), bool), ranks=ranks)
     w = jnp.asarray([0.3, -1.2, 0.7, 0.9], jnp.float32)
     lowered = linear_layer_into.lower(jax.ShapeDtypeStruct((o, d), jnp.float32), st, w, 0)
-    default = xla_cpu.compile(lowered, "default")
-    compiled = [default]
+    compiled = []
     if X86:  # oneDNN's XLA:CPU fusion is x86's
-        onednn = xla_cpu.compile(lowered, "onednn")
-        assert xla_cpu.dot_backend(onednn) == "onednn"
-        compiled.append(onednn)
-    assert xla_cpu.dot_backend(default) != "onednn"  # per executable: the options do not leak
+        compiled.append(xla_cpu.compile(lowered, "onednn"))
+        assert xla_cpu.dot_backend(compiled[-1]) == "onednn"
+    # compiled after the oneDNN one, from the same lowering: the options stay with their executable
+    compiled.append(xla_cpu.compile(lowered, "default"))
+    assert xla_cpu.dot_backend(compiled[-1]) != "onednn"
     l = L - 1
     a, b, off = np.asarray(st.a[l], np.float64), np.asarray(st.b[l], np.float64), np.cumsum((0,) + ranks)
     ref = sum(float(w[i] * st.scale[i]) * b[:, off[i]:off[i + 1]] @ a[off[i]:off[i + 1]] for i in range(4) if ranks[i])

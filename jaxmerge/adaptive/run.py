@@ -242,7 +242,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
         both = {key: np.concatenate([train_b[key], _pad_to(val_b[key], train_b[key].shape[1])])
                 for key in train_b}
         ev = make_eval(loss_fn, penalty)
-        all_b = place_batch(micro_batches(both, 8))
+        all_b = place_batch(micro_batches(both, EVAL_MICRO))
         sr = search(lambda w: float(ev({"w": jnp.asarray(w, jnp.float32)}, fz, all_b)), np.asarray(w0),
                     m.tuning, seed=int(jax.random.randint(keys["train"], (), 0, 2**31 - 1)),
                     history_path=os.path.join(out_dir, "lorahub.json"), progress=progress, desc=m.name)
@@ -286,6 +286,9 @@ def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, T - x.shape[1])))
 
 
+EVAL_MICRO = 8  # rows per micro-batch when a whole split is evaluated at once (LoraHub's loss, _loss)
+
+
 @functools.lru_cache(maxsize=4)
 def _plain_eval(config):
     """One jitted mean-answer-loss per model config, shared by the runs of a process (a sweep): its
@@ -296,7 +299,7 @@ def _plain_eval(config):
 
 def _loss(params, adapters, batch, config) -> float:
     """Mean answer loss of one encoded split under ``adapters`` (None: the base)."""
-    return float(_plain_eval(config)(adapters, params, place_batch(micro_batches(batch, 8))))
+    return float(_plain_eval(config)(adapters, params, place_batch(micro_batches(batch, EVAL_MICRO))))
 
 
 def _jsonable(x):
