@@ -12,12 +12,14 @@ import json
 import os
 from typing import Any, Mapping
 
+from .errors import UserError
+
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTN_MODULES = MODULES[:4]
 MLP_MODULES = MODULES[4:]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.json this library cannot run faithfully."""
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import LlamaConfig
+from .errors import UserError
 from .safetensors_io import SafeFile
 from .sharding import ShardingRules, param_shardings
 
@@ -37,7 +38,7 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Tensors missing, unexpected or mis-shaped; the message lists all of them."""
 
 

@@ -22,6 +22,7 @@ import math
 import re
 from typing import Any, Mapping
 
+from ..errors import UserError
 from ..config import ATTN_MODULES, MODULES
 
 # init_lora_weights values whose initialisation rewrites the base weight (residual W − s·B₀A₀)
@@ -32,7 +33,7 @@ VARIANT_FIELDS = ("use_dora", "velora_config", "monteclora_config", "use_bdlora"
                   "megatron_config")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """An adapter that cannot be read as a plain LoRA; the message is the report's reason."""
 
 

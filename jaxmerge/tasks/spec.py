@@ -23,12 +23,13 @@ import dataclasses
 import random
 import re
 from typing import Any, Mapping, Sequence
+from ..errors import UserError
 
 PROTOCOLS = ("generate", "loglik")
 SPLITS = ("train", "validation", "test")
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task that cannot be loaded faithfully (missing dataset, field or split); the message says why."""
 
 
