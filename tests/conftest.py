@@ -12,7 +12,22 @@ import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the tests' subprocesses import ``helpers`` (this folder) like the tests do
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests never touch the user's caches: one fresh jaxmerge cache (worlds, references, registry downloads)
+# and one fresh Hugging Face home for the whole session, made by the first process (the xdist controller,
+# or a plain run) and inherited by workers and subprocesses; removed at its exit. The user's own jaxmerge
+# cache stays readable as JAXMERGE_USER_CACHE, for the marked tests that use a world already built there.
+if "JAXMERGE_TEST_CACHE" not in os.environ:
+    os.environ.setdefault("JAXMERGE_USER_CACHE", os.environ.get("JAXMERGE_CACHE")
+                          or os.path.join(os.path.expanduser("~"), ".cache", "jaxmerge"))
+    os.environ["JAXMERGE_TEST_CACHE"] = tempfile.mkdtemp(prefix="jaxmerge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXMERGE_TEST_CACHE"], True)
+    os.environ["HF_HOME"] = os.path.join(os.environ["JAXMERGE_TEST_CACHE"], "hf-home")
+os.environ["JAXMERGE_CACHE"] = os.environ["JAXMERGE_TEST_CACHE"]
 
 # Compilation is most of the suite's CPU time (the models are tiny), so, before JAX starts and for
 # every subprocess a test spawns (they inherit os.environ): LLVM at -O0 for XLA's generated kernels
@@ -45,6 +60,8 @@ if (_WORKER.startswith("gw") and _WORKERS > 1 and hasattr(os, "sched_setaffinity
 
 import pytest  # noqa: E402
 
+from helpers import hf_llama  # noqa: E402
+
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): ``$PYTEST_XDIST_AUTO_NUM_WORKERS`` if set, else one worker per CPU
@@ -55,41 +72,12 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(cpus, 4))
 
 
-def mesh_env(devices: int = 8) -> dict:
-    """``os.environ`` for a subprocess on ``devices`` simulated CPU devices: ``JAX_PLATFORMS=cpu`` and
-    XLA_FLAGS appended to, not replaced, so the suite's compile flags and cache carry over."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
 
 
 # A Llama 3.1-style tiny config: GQA, llama3 rope scaling with a short original context so that
 # the tests reach positions beyond it, untied embeddings.
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
-            max_position_embeddings=256, rope_theta=10000.0,
-            rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                              original_max_position_embeddings=16),
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def hf_llama(path, seed=0, dtype=None, **overrides):
-    """Save a random transformers LlamaForCausalLM with TINY (+ overrides) to ``path``; return the model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    kw = dict(TINY)
-    kw.update(overrides)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(**kw)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms so that norm weights are exercised
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    if dtype is not None:
-        model = model.to(dtype)
-    model.save_pretrained(path)
-    return model
 
 
 @pytest.fixture(scope="session")

@@ -2,60 +2,15 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import mesh_env
+from helpers import mesh_env, multi_lora_world as make_world
 from jaxmerge.adaptive import multi_eval
-from jaxmerge.config import LlamaConfig, RopeConfig
-from jaxmerge.params import abstract_params
-from jaxmerge.stacks import ModuleStack, Pool
 from jaxmerge.tasks import answer_loss, encode, generate_answers, generate_correct
 
-WORDS = [f"w{i}" for i in range(40)]
-SPECIALS = ["<|pad|>", "<|unk|>", "<|bos|>", "<|eot|>", "<|user|>", "<|assistant|>"]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|eot|> {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
 
-def make_world():
-    """(tokenizer, config, params, pool, examples): a tiny random Llama and 7 mixed-rank adapters."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.decoder = decoders.WordPiece(prefix="##")
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|eot|>", pad_token="<|pad|>",
-                                  unk_token="<|unk|>", additional_special_tokens=["<|user|>", "<|assistant|>"])
-    tok.chat_template = TEMPLATE
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, rope=RopeConfig(10000.0),
-                         bos_token_id=tok.bos_token_id, eos_token_id=(tok.eos_token_id,), pad_token_id=tok.pad_token_id)
-    rng = np.random.default_rng(1)
-    params = jax.tree_util.tree_map_with_path(  # unit norms, N(0, 0.3²) weights: diverse greedy outputs
-        lambda path, l: jnp.ones(l.shape, jnp.float32) if "norm" in jax.tree_util.keystr(path)
-        else jnp.asarray(rng.normal(0, 0.3, l.shape), jnp.float32), abstract_params(config, jnp.float32))
-    # 7 adapters, mixed ranks; 2 lacks the MLP, 4 is zero (B = 0), 6 lacks layer 0
-    ranks = (2, 4, 1, 2, 4, 2, 4)  # few distinct shapes: the one-at-a-time oracle compiles per shape
-    modules = {}
-    for m in ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"):
-        o, d = config.module_shape(m)
-        rk = tuple(0 if (i == 2 and m in ("up_proj", "down_proj")) else r for i, r in enumerate(ranks))
-        a = [rng.normal(0, 0.5, (2, r, d)) for r in rk]
-        b = [rng.normal(0, 0.5, (2, o, r)) * (i != 4) for i, r in enumerate(rk)]
-        a[6][0], b[6][0] = 0, 0
-        present = np.ones((7, 2), bool)
-        present[6, 0] = False
-        modules[m] = ModuleStack(jnp.asarray(np.concatenate(a, 1), jnp.float32),
-                                 jnp.asarray(np.concatenate(b, 2), jnp.float32),
-                                 jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32), jnp.asarray(present), rk)
-    pool = Pool(modules, tuple(f"a{i}" for i in range(7)))
-    prompts = [" ".join(rng.choice(WORDS, size=n)) for n in (3, 5, 2, 6, 4)]
-    examples = [dict(prompt=p, answer=" ".join(rng.choice(WORDS, size=2))) for p in prompts]
-    return tok, config, params, pool, examples
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +67,8 @@ def test_batched_generation_equals_one_at_a_time(world):
 
 MESH_SCRIPT = r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
-from test_adaptive_multieval import make_world
+from helpers import multi_lora_world as make_world
 from jaxmerge.adaptive import multi_eval
 from jaxmerge.sharding import ShardingRules, make_mesh, param_shardings
 from jaxmerge.stacks import pool_shardings, stack_logical_axes

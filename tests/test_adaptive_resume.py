@@ -13,14 +13,12 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from test_adaptive_run import make_setup  # noqa: E402
+from helpers import make_setup  # noqa: E402
 
 STEPS = 12
 SCRIPT = f"""
 import sys
-sys.path.insert(0, {HERE!r})
-from test_adaptive_run import make_setup
+from helpers import make_setup
 from jaxmerge.adaptive.run import run_method
 base, pool, data = make_setup(sys.argv[1])
 r = run_method("adamerging", base, pool, data, k=3, seed=7, out_dir=sys.argv[2], steps={STEPS}, eval_every=2,

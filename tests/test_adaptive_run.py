@@ -9,86 +9,25 @@ loaded by ``jaxmerge.load_base``; a random pool of 6 LoRAs with mixed ranks and 
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from conftest import hf_llama  # noqa: E402
+from helpers import make_setup
 
 from jaxmerge.adaptive import METHODS, method  # noqa: E402
-from jaxmerge.stacks import ModuleStack, Pool  # noqa: E402
 
-WORDS = ["what", "is", "plus", "?"] + [str(i) for i in range(20)]
-SPECIALS = ["<|pad|>", "<|unk|>", "<|begin_of_text|>", "<|eot|>", "<|user|>", "<|assistant|>", "<|system|>"]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|eot|> {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|> {% endif %}")
-POOL_SPEC = [  # (rank, alpha, modules, layers)
-    (2, 4.0, ("q_proj", "v_proj"), (0, 1)), (4, 8.0, None, (0, 1)), (8, 8.0, ("q_proj", "k_proj", "v_proj", "o_proj"), (0, 1)),
-    (3, 6.0, None, (1,)), (4, 4.0, ("q_proj", "v_proj", "down_proj"), (0, 1)), (2, 2.0, None, (0, 1))]
 STEPS = 4
 
 
-def save_tokenizer(path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + WORDS)}, unk_token="<|unk|>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.decoder = decoders.WordPiece(prefix="##")
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot|>",
-                                  pad_token="<|pad|>", unk_token="<|unk|>",
-                                  additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"])
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(path)
 
 
-def make_pool(config, seed=0) -> Pool:
-    """6 random LoRAs, mixed ranks and module sets (one lacks layer 0), B non-zero."""
-    from jaxmerge.config import MODULES
-    rng = np.random.default_rng(seed)
-    L = config.num_hidden_layers
-    mods = {}
-    for m in MODULES:
-        out, inp = config.module_shape(m)
-        a_parts, b_parts, ranks, present = [], [], [], []
-        for r, _, targets, layers in POOL_SPEC:
-            has = targets is None or m in targets
-            rr = r if has else 0
-            a = rng.normal(0, 0.3, (L, rr, inp)).astype(np.float32)
-            b = rng.normal(0, 0.3, (L, out, rr)).astype(np.float32)
-            lay = np.isin(np.arange(L), layers) & has
-            a_parts.append(a * lay[:, None, None]), b_parts.append(b * lay[:, None, None])
-            ranks.append(rr), present.append(lay)
-        mods[m] = ModuleStack(jnp.asarray(np.concatenate(a_parts, 1)), jnp.asarray(np.concatenate(b_parts, 2)),
-                              jnp.asarray([al / r for r, al, _, _ in POOL_SPEC], jnp.float32),
-                              jnp.asarray(np.stack(present)), tuple(ranks))
-    return Pool(mods, tuple(f"lora{i}" for i in range(len(POOL_SPEC))))
 
 
-def examples(n, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.integers(0, 10, 2)
-        out.append({"prompt": f"what is {a} plus {b} ?", "answer": str(a + b), "choices": None})
-    return out
 
 
-def make_setup(root: str):
-    """(Base, Pool, TaskData) from ``root`` (written on first call)."""
-    import jaxmerge
-    from jaxmerge.tasks import Task, TaskData
-    base_dir = os.path.join(root, "base")
-    if not os.path.exists(os.path.join(base_dir, "tokenizer_config.json")):
-        hf_llama(base_dir, vocab_size=len(SPECIALS) + len(WORDS), bos_token_id=2, eos_token_id=3, pad_token_id=0)
-        save_tokenizer(base_dir)
-    base = jaxmerge.load_base(base_dir, dtype="float32")
-    task = Task(name="toy-add", source="json:unused", max_new_tokens=3)
-    data = TaskData(task, examples(16, 1), examples(8, 2), examples(8, 3))
-    return base, make_pool(base.config), data
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from conftest import mesh_env  # noqa: E402
-from test_adaptive_run import make_setup  # noqa: E402
+from helpers import mesh_env  # noqa: E402
+from helpers import make_setup  # noqa: E402
 
 import jaxmerge  # noqa: E402
 from jaxmerge.adaptive import METHODS, Tuning, method  # noqa: E402
@@ -159,9 +158,8 @@ def test_saved_target_lora_matches_peft(setup, tmp_path):
 
 MESH_SCRIPT = """
 import json, sys
-sys.path.insert(0, sys.argv[2])
 import jax, jax.numpy as jnp, numpy as np
-from test_adaptive_run import make_setup
+from helpers import make_setup
 import jaxmerge
 from jaxmerge.adaptive import Tuning
 from jaxmerge.adaptive.train import answer_loss_sums, fit

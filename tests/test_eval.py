@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxmerge.config import LlamaConfig, RopeConfig
-from jaxmerge.tasks import (answer_loss, encode, encode_choices, evaluate, evaluate_generate, evaluate_loglik,
+from jaxmerge.tasks import (answer_loss, encode, evaluate, evaluate_generate, evaluate_loglik,
                             generate_answers, loglik_correct, loglik_scores)
 
 WORDS = ["yes", "no", "maybe", "q1", "q2", "q3"]
@@ -135,7 +135,7 @@ def test_loglik_equals_transformers(world_base):
 def test_loglik_with_adapter_equals_peft(world_base):
     import torch
     from peft import PeftModel
-    from test_world import peft_factored
+    from helpers import peft_factored
     from transformers import LlamaForCausalLM
     w, base, _, data = world_base
     name = w.related[w.default_task][0]

@@ -11,7 +11,7 @@ import pytest
 
 import jaxmerge
 from jaxmerge import safetensors_io as st
-from conftest import hf_llama
+from helpers import hf_llama
 
 
 def _logits(base, seed=0):

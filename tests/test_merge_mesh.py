@@ -8,12 +8,11 @@ starts, and the rest of the test session runs on one device.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
-from conftest import mesh_env
+from helpers import mesh_env
 
 SCRIPT = textwrap.dedent(r'''
     import json

@@ -22,7 +22,7 @@ from peft.utils import merge_utils as mu
 from jaxmerge import merge
 from jaxmerge.stacks import ModuleStack
 
-from conftest import hf_llama
+from helpers import hf_llama
 
 RTOL = 1e-5
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import hf_llama, mesh_env
+from helpers import hf_llama, mesh_env
 
 HERE = os.path.dirname(__file__)
 

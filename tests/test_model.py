@@ -4,7 +4,6 @@ Tolerance: 1e-4 max abs on logits (observed ~1e-6), as the foundation issue stat
 """
 
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 import jaxmerge
-from conftest import hf_llama
+from helpers import hf_llama
 
 TOL = 1e-4
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +13,12 @@ import pytest
 import torch
 
 import jaxmerge
-from conftest import hf_llama
+from helpers import hf_llama
 from jaxmerge.cli import main
 from jaxmerge.lora import Dense
 from jaxmerge.pool import load_pool
 from jaxmerge.pool.derive import random_reinit, with_target
-from test_pool_peft_format import edit_config, write_adapter
+from helpers import edit_config, write_adapter
 
 TOL = dict(rtol=1e-5, atol=1e-4)
 

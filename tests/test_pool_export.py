@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import jaxmerge
-from conftest import hf_llama
+from helpers import hf_llama
 from jaxmerge.lora import Dense, Factored
 from jaxmerge.pool import load_pool
 from jaxmerge.pool.cli import merge_deltas
 from jaxmerge.pool.export import export_model, export_peft, truncate_factored
-from test_pool_peft_format import write_adapter
+from helpers import write_adapter
 
 TOL = dict(rtol=1e-5, atol=1e-4)
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import jaxmerge
-from conftest import hf_llama, mesh_env
+from helpers import hf_llama, mesh_env
 from jaxmerge.lora import Dense
 from jaxmerge.pool import FilterPolicy, load_pool
-from test_pool_peft_format import edit_config, rewrite_keys, write_adapter
+from helpers import edit_config, rewrite_keys, write_adapter
 
 GOOD = {  # name → write_adapter kwargs
     "r4_all": dict(seed=1),

@@ -3,65 +3,19 @@
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import re
 
-import numpy as np
 import pytest
 
 from jaxmerge.config import MODULES
 from jaxmerge.pool.peft_format import AdapterConfig, module_name, parse_key
-from jaxmerge.safetensors_io import SafeFile, save
 
 NAMES = [module_name(l, m) for l in range(2) for m in MODULES] + ["lm_head", "model.embed_tokens"]
 
 
-def write_adapter(model, path, *, seed=0, dtype=None, bare=False, scale_b=0.5, **lora_kw):
-    """Save a peft LoRA of ``model`` (a transformers LlamaForCausalLM) with perturbed A and B to ``path``;
-    return PEFT's own deltas ``{(module, layer): get_delta_weight float32 [out, in]}``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    kw = dict(task_type=None if bare else "CAUSAL_LM", r=4, lora_alpha=8,
-              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    kw.update(lora_kw)
-    torch.manual_seed(seed)
-    pm = get_peft_model(copy.deepcopy(model.model if bare else model), LoraConfig(**kw))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(scale_b * torch.randn_like(p))
-    if dtype is not None:
-        pm = pm.to(dtype)
-    pm.save_pretrained(path)
-    pm = pm.float()  # oracle deltas from the (possibly fp16-rounded) saved values, in float32
-    deltas = {}
-    for n, mod in pm.named_modules():
-        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
-            m = re.search(r"layers\.(\d+)\.\w+\.(\w+_proj)$", n)
-            if m is None:  # a LoRA outside the layers (lm_head): not merged
-                continue
-            with torch.no_grad():
-                deltas[(m[2], int(m[1]))] = mod.get_delta_weight("default").float().numpy()
-    return deltas
 
 
-def rewrite_keys(path, fn):
-    """Rename every tensor of an adapter's safetensors (key variants seen on the hub)."""
-    f = os.path.join(path, "adapter_model.safetensors")
-    tensors = {fn(k): np.array(v) for k, v in ((k, SafeFile(f)[k]) for k in SafeFile(f).keys())}
-    save(f, tensors)
 
 
-def edit_config(path, **changes):
-    p = os.path.join(path, "adapter_config.json")
-    with open(p) as fh:
-        cfg = json.load(fh)
-    cfg.update(changes)
-    with open(p, "w") as fh:
-        json.dump(cfg, fh)
 
 
 CONFIGS = [

@@ -12,30 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import world as W
-from jaxmerge.config import ATTN_MODULES
-from jaxmerge.lora import Factored
+from helpers import peft_factored
 
 
-def peft_factored(adapter_dir: str, config) -> dict:
-    """A PEFT adapter folder → the forward's ``{module: Factored}`` (independent of jaxmerge's pool
-    loader: read straight from ``adapter_config.json`` and the safetensors keys)."""
-    from safetensors.numpy import load_file
-    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    t = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
-    r, alpha = cfg["r"], cfg["lora_alpha"]
-    s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    L = config.num_hidden_layers
-    out = {}
-    for m in cfg["target_modules"]:
-        group = "self_attn" if m in ATTN_MODULES else "mlp"
-        o, i = config.module_shape(m)
-        a, b, mul = np.zeros((L, r, i), np.float32), np.zeros((L, o, r), np.float32), np.zeros((L, r), np.float32)
-        for layer in cfg.get("layers_to_transform") or range(L):
-            key = f"base_model.model.model.layers.{layer}.{group}.{m}"
-            a[layer], b[layer], mul[layer] = t[f"{key}.lora_A.weight"], t[f"{key}.lora_B.weight"], s
-        out[m] = Factored(jnp.asarray(a), jnp.asarray(b), jnp.asarray(mul))
-    return out
 
 
 @pytest.fixture(scope="module")
