@@ -14,6 +14,8 @@ from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+
+from .atomic import atomic_file
 from .errors import UserError
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -98,9 +100,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: M
         arrays.append(a)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for a in arrays:
-            f.write(a.tobytes())
-    os.replace(tmp, path)
+            f.write(a.reshape(-1).view(np.uint8))  # no bytes copy of the array
