@@ -241,3 +241,197 @@ def multi_lora_world():
     prompts = [" ".join(rng.choice(MW_WORDS, size=n)) for n in (3, 5, 2, 6, 4)]
     examples = [dict(prompt=p, answer=" ".join(rng.choice(MW_WORDS, size=2))) for p in prompts]
     return tok, config, params, pool, examples
+
+
+# --- a local Hugging Face hub and caches in huggingface_hub's own layout ------------------------------
+class FakeHub:
+    """A tiny HTTP server on 127.0.0.1 speaking enough of the Hub's API for ``huggingface_hub``'s own
+    download code (``hf_hub_download``, ``snapshot_download``, ``model_info``/``dataset_info``,
+    ``list_repo_tree``): repo info, tree listings, ``resolve`` with the hub's headers (``X-Repo-Commit``,
+    ``ETag`` / ``X-Linked-Etag`` for LFS files, sizes, ``Range``), and its error codes (``RepoNotFound``,
+    ``EntryNotFound``, ``GatedRepo``). ``*.safetensors`` / ``*.bin`` files are served as LFS files.
+
+        with FakeHub() as hub:
+            hub.add("org/name", folder)                      # or {"file": bytes}; repo_type="dataset"
+            hf_hub_download("org/name", "config.json", endpoint=hub.url, cache_dir=...)
+
+    ``hub.requests`` logs ``(method, path)`` of every request (tests of resumable downloads).
+    """
+
+    def __init__(self):
+        self.repos: dict[tuple[str, str], dict] = {}
+        self.requests: list[tuple[str, str]] = []
+
+    def add(self, repo_id: str, files, repo_type: str = "model", gated: bool = False) -> str:
+        """Serve ``files`` (a folder, or ``{path: bytes}``) as ``repo_id``; returns its commit hash."""
+        import hashlib
+        if not isinstance(files, dict):
+            root = os.fspath(files)
+            files = {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+                     for d, _, fs in os.walk(root) for f in fs}
+        entries = {}
+        for path, data in sorted(files.items()):
+            data = data.encode() if isinstance(data, str) else bytes(data)
+            git = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            lfs = hashlib.sha256(data).hexdigest() if path.endswith((".safetensors", ".bin")) else None
+            entries[path] = {"data": data, "oid": git, "lfs": lfs}
+        commit = hashlib.sha1("".join(p + e["oid"] for p, e in entries.items()).encode()
+                              + repo_id.encode()).hexdigest()
+        self.repos[(repo_type, repo_id)] = {"files": entries, "sha": commit, "gated": gated}
+        return commit
+
+    # --- server -------------------------------------------------------------------------------------
+    def __enter__(self) -> "FakeHub":
+        import http.server
+        import threading
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                hub._serve(self, body=False)
+
+            def do_GET(self):
+                hub._serve(self, body=True)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _serve(self, h, body: bool):
+        from urllib.parse import unquote, urlsplit
+        path = unquote(urlsplit(h.path).path)
+        self.requests.append((h.command, path))
+        m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        if m:
+            return self._json(h, body, *self._repo(m[1][:-1], m[2], lambda r: self._info(m[2], r)))
+        m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
+        if m:
+            return self._json(h, body, *self._repo(m[1][:-1], m[2], self._tree))
+        m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m:
+            return self._file(h, body, "dataset" if m[1] else "model", m[2], m[4])
+        self._error(h, 404, None, "not an endpoint of this fake hub")
+
+    def _repo(self, repo_type, repo_id, make):
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            return 404, {"error": "Repository not found"}, "RepoNotFound"
+        return 200, make(repo), None
+
+    def _info(self, repo_id, repo):
+        return {"id": repo_id, "sha": repo["sha"], "private": False, "gated": "auto" if repo["gated"] else False,
+                "siblings": [{"rfilename": p} for p in repo["files"]]}
+
+    @staticmethod
+    def _tree(repo):
+        out = []
+        for p, e in repo["files"].items():
+            row = {"type": "file", "path": p, "size": len(e["data"]), "oid": e["oid"]}
+            if e["lfs"]:
+                row["lfs"] = {"oid": e["lfs"], "size": len(e["data"]), "pointerSize": 134}
+            out.append(row)
+        return out
+
+    def _json(self, h, body, status, obj, code):
+        if code:
+            return self._error(h, status, code, obj["error"])
+        data = json.dumps(obj).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if body:
+            h.wfile.write(data)
+
+    def _file(self, h, body, repo_type, repo_id, name):
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            return self._error(h, 404, "RepoNotFound", "Repository not found")
+        if repo["gated"]:
+            return self._error(h, 401, "GatedRepo", f"Access to model {repo_id} is restricted")
+        e = repo["files"].get(name)
+        if e is None:
+            return self._error(h, 404, "EntryNotFound", f"{name} does not exist", commit=repo["sha"])
+        data, start = e["data"], 0
+        rng = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
+        h.send_response(206 if rng else 200)
+        if rng:
+            start = int(rng[1])
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.send_header("X-Repo-Commit", repo["sha"])
+        h.send_header("ETag", f'"{e["oid"]}"')
+        if e["lfs"]:
+            h.send_header("X-Linked-Etag", f'"{e["lfs"]}"')
+            h.send_header("X-Linked-Size", str(len(data)))
+        h.send_header("Content-Length", str(len(data) - start))
+        h.end_headers()
+        if body:
+            h.wfile.write(data[start:])
+
+    @staticmethod
+    def _error(h, status, code, message, commit=None):
+        data = json.dumps({"error": message}).encode()
+        h.send_response(status)
+        if code:
+            h.send_header("X-Error-Code", code)
+        h.send_header("X-Error-Message", message)
+        if commit:
+            h.send_header("X-Repo-Commit", commit)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+
+def online_hub(endpoint: str):
+    """A context in which ``huggingface_hub`` may reach ``endpoint`` even under the suite's
+    ``HF_HUB_OFFLINE=1`` (its offline flag is read once at import; restored on exit)."""
+    import contextlib
+
+    import huggingface_hub.constants as hc
+
+    @contextlib.contextmanager
+    def ctx():
+        old = hc.HF_HUB_OFFLINE
+        hc.HF_HUB_OFFLINE = False
+        try:
+            yield endpoint
+        finally:
+            hc.HF_HUB_OFFLINE = old
+    return ctx()
+
+
+def hub_cache(cache_dir, repos, repo_type: str = "model") -> dict[str, str]:
+    """Write ``repos`` (``{repo_id: folder or {path: bytes}}``) into a Hugging Face cache at ``cache_dir``
+    in huggingface_hub's own layout (blobs / snapshots / refs, written by its own ``snapshot_download``
+    from a ``FakeHub``); ``repo_type`` "model" or "dataset". Returns ``{repo_id: snapshot folder}``.
+    Point the code under test at it with ``HF_HUB_CACHE`` / ``huggingface_hub.constants.HF_HUB_CACHE``
+    (see ``use_hub_cache``) and run it with ``HF_HUB_OFFLINE=1``."""
+    from huggingface_hub import snapshot_download
+    out = {}
+    with FakeHub() as hub, online_hub(hub.url):
+        for repo_id, files in repos.items():
+            hub.add(repo_id, files, repo_type=repo_type)
+            out[repo_id] = snapshot_download(repo_id, repo_type=repo_type, cache_dir=os.fspath(cache_dir),
+                                             endpoint=hub.url)
+    return out
+
+
+def use_hub_cache(monkeypatch, cache_dir) -> None:
+    """Make this process (``huggingface_hub.constants``) and its subprocesses (``HF_HUB_CACHE``) use the
+    cache at ``cache_dir``, offline."""
+    import huggingface_hub.constants as hc
+    monkeypatch.setenv("HF_HUB_CACHE", os.fspath(cache_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", os.fspath(cache_dir))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
