@@ -16,17 +16,11 @@ import time
 
 import numpy as np
 
+from jaxmerge.atomic import write_json, write_jsonl
+
 from . import synthetic
 from .world_train import (adapter_norm, hf_config_dict, init_params, peft_tensors, pretrain, save_base, save_peft,
-                          save_tokenizer, train_loras, write_json)
-
-
-def _write_jsonl(path: str, rows: list[dict]):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+                          save_tokenizer, train_loras)
 
 
 def target_examples(family: str, n_trainval: int, n_test: int, seed: int) -> tuple[list, list]:
@@ -52,9 +46,9 @@ def stage_tasks(root: str, rec: dict):
         d = os.path.join(root, "tasks", fam)
         os.makedirs(d, exist_ok=True)
         trainval, test = target_examples(fam, 100, rec["n_test"], seed=rec["seed"] * 1000 + 500 + i)
-        _write_jsonl(os.path.join(d, "train.jsonl"), trainval[:80])
-        _write_jsonl(os.path.join(d, "validation.jsonl"), trainval[80:])
-        _write_jsonl(os.path.join(d, "test.jsonl"), test)
+        write_jsonl(os.path.join(d, "train.jsonl"), trainval[:80])
+        write_jsonl(os.path.join(d, "validation.jsonl"), trainval[80:])
+        write_jsonl(os.path.join(d, "test.jsonl"), test)
         related = fam in rec["pool_families"]
         write_json(os.path.join(d, "task.json"), dict(
             name=fam, source="json:.", prompt="{prompt}", answer="answer", choices="choices", max_new_tokens=4,
@@ -174,10 +168,11 @@ def stage_broken(root: str, rec: dict):
                 t[k.replace("lora_B.weight", "lora_magnitude_vector")] = np.ones(src[k].shape[0], np.float32)
         elif defect == "rank_pattern":
             extra = dict(rank_pattern={spec["targets"][0]: spec["r"]})
-        if defect == "bin":  # pickle weights only; written by torch, never read by jaxmerge
-            import torch
+        if defect == "bin":  # pickle weights only (as old PEFT wrote them); jaxmerge never reads it
+            import pickle
             save_peft(tmp, spec, {}, base_path)
-            torch.save({k: torch.from_numpy(v) for k, v in src.items()}, os.path.join(tmp, "adapter_model.bin"))
+            with open(os.path.join(tmp, "adapter_model.bin"), "wb") as f:
+                pickle.dump(src, f)
         else:
             save_peft(tmp, spec, t, base_path, **extra)
         os.replace(tmp, d)

@@ -4,11 +4,14 @@ Everything is written in the ecosystem's formats and read back through the real 
 
 * tokenizer — a ``tokenizers`` word-level model with a chat template, wrapped in
   ``PreTrainedTokenizerFast`` and written by ``save_pretrained`` (loaded with ``AutoTokenizer``);
-* base — trained as a jaxmerge params tree, copied into a transformers ``LlamaForCausalLM`` and written
-  by its ``save_pretrained`` (config.json + model.safetensors);
-* LoRAs — ``adapter_config.json`` from ``peft.LoraConfig.save_pretrained`` and
-  ``adapter_model.safetensors`` with PEFT's keys (``base_model.model.model.layers.{i}.{group}.{module}
+* base — trained as a jaxmerge params tree and written as transformers' ``save_pretrained`` writes a
+  ``LlamaForCausalLM`` (config.json, generation_config.json, model.safetensors; ``jaxmerge.hf_write``);
+* LoRAs — ``adapter_config.json`` and ``adapter_model.safetensors`` exactly as PEFT writes them
+  (``jaxmerge.pool.peft_write``: PEFT's config keys, ``base_model.model.model.layers.{i}.{group}.{module}
   .lora_A.weight`` [r, in], ``.lora_B.weight`` [out, r]).
+
+No torch and no peft at run time: both are test oracles (tests load these files with transformers and
+PEFT and compare logits).
 
 The pool's LoRAs train together: every adapter padded to the largest rank on all seven modules, with a
 per-row multiplier that is s = alpha/r (or alpha/√r) on its real rows, modules and layers and 0
@@ -21,7 +24,6 @@ Einsum-free; shapes: N adapters, L layers, R padded rank, M = 7 modules.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Sequence
@@ -31,8 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmerge.config import ATTN_MODULES, MODULES, LlamaConfig
+from jaxmerge.config import MODULES, LlamaConfig
 from jaxmerge.lora import Factored
+from jaxmerge.pool.peft_write import lora_config, lora_key, write_adapter
+from jaxmerge.progress import track
 from jaxmerge.tasks import answer_loss, encode
 
 SPECIALS = ["<|pad|>", "<|unk|>", "<|begin_of_text|>", "<|eot|>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -103,7 +107,7 @@ def pretrain(params: dict, config: LlamaConfig, data: dict[str, np.ndarray], ste
     rng = np.random.default_rng(seed)
     n = data["tokens"].shape[0]
     losses = []
-    for _ in _progress(range(steps), progress, "pretrain base"):
+    for _ in track(range(steps), desc="pretrain base", enabled=progress):
         idx = rng.integers(0, n, size=batch)
         params, state, loss = step(params, state, {k: v[idx] for k, v in data.items()})
         losses.append(loss)
@@ -111,18 +115,15 @@ def pretrain(params: dict, config: LlamaConfig, data: dict[str, np.ndarray], ste
 
 
 def save_base(params: dict, config_kwargs: dict, path: str):
-    """Write the params as a transformers ``LlamaForCausalLM`` with ``save_pretrained``."""
-    import torch
-    from transformers import LlamaConfig as HFConfig, LlamaForCausalLM
+    """Write the params as transformers' ``LlamaForCausalLM.save_pretrained`` would (no torch needed:
+    ``jaxmerge.hf_write``); ``path`` is the (partial) folder being filled."""
+    from jaxmerge.hf_write import write_model_files
     from jaxmerge.params import params_to_hf
     from jaxmerge.config import LlamaConfig as JConfig
-    model = LlamaForCausalLM(HFConfig(**config_kwargs))
-    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in
-             params_to_hf(params, JConfig.from_dict({**config_kwargs, "model_type": "llama"})).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if [m for m in missing if "rotary" not in m] or unexpected:
-        raise RuntimeError(f"base export: missing {missing}, unexpected {unexpected}")
-    model.save_pretrained(path)
+    config = {**config_kwargs, "model_type": "llama"}
+    tensors = {k: np.asarray(v, np.float32) for k, v in params_to_hf(params, JConfig.from_dict(config)).items()}
+    os.makedirs(path, exist_ok=True)
+    write_model_files(path, config, tensors)
 
 
 # --- pool LoRAs ----------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def train_loras(params: dict, config: LlamaConfig, specs: Sequence[dict], data: 
 
     rng = np.random.default_rng(seed)
     history = []
-    for _ in _progress(range(steps), progress, desc):
+    for _ in track(range(steps), desc=desc, enabled=progress):
         idx = [rng.integers(0, d["tokens"].shape[0], size=batch) for d in data]
         b = {k: np.stack([d[k][ix] for d, ix in zip(data, idx)]) for k in data[0]}
         loras, state, losses = step(loras, state, b)
@@ -194,26 +195,17 @@ def peft_tensors(spec: dict, a: dict, b: dict, index: int, config: LlamaConfig) 
     out = {}
     layers = spec.get("layers") or range(config.num_hidden_layers)
     for m in spec["targets"]:
-        group = "self_attn" if m in ATTN_MODULES else "mlp"
         for layer in layers:
-            key = f"base_model.model.model.layers.{layer}.{group}.{m}"
-            out[f"{key}.lora_A.weight"] = np.ascontiguousarray(a[m][index, layer, :spec["r"]])
-            out[f"{key}.lora_B.weight"] = np.ascontiguousarray(b[m][index, layer, :, :spec["r"]])
+            out[lora_key(layer, m, "A")] = np.ascontiguousarray(a[m][index, layer, :spec["r"]])
+            out[lora_key(layer, m, "B")] = np.ascontiguousarray(b[m][index, layer, :, :spec["r"]])
     return out
 
 
 def save_peft(path: str, spec: dict, tensors: dict[str, np.ndarray], base_path: str, **config_overrides):
-    """An adapter folder as PEFT writes it: ``LoraConfig.save_pretrained`` + safetensors weights."""
-    from peft import LoraConfig
-    from safetensors.numpy import save_file
-    os.makedirs(path, exist_ok=True)
-    cfg = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], use_rslora=spec["rslora"],
-                     target_modules=list(spec["targets"]), layers_to_transform=spec.get("layers"),
-                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **config_overrides)
-    cfg.base_model_name_or_path = base_path
-    cfg.save_pretrained(path)
-    if tensors:
-        save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    """An adapter folder exactly as PEFT writes it (``jaxmerge.pool.peft_write``; no peft needed)."""
+    cfg = lora_config(spec["r"], spec["alpha"], spec["targets"], use_rslora=spec["rslora"],
+                      layers_to_transform=spec.get("layers"), base_model_name_or_path=base_path, **config_overrides)
+    write_adapter(path, cfg, tensors)
 
 
 def adapter_norm(spec: dict, tensors: dict[str, np.ndarray]) -> float:
@@ -225,20 +217,6 @@ def adapter_norm(spec: dict, tensors: dict[str, np.ndarray]) -> float:
             d = s * tensors[k.replace("lora_A", "lora_B")].astype(np.float64) @ a.astype(np.float64)
             total += float(np.sum(d * d))
     return math.sqrt(total)
-
-
-def write_json(path: str, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, unit="step", leave=False)
 
 
 def encode_chat(examples, tok, max_len: int) -> dict[str, np.ndarray]:

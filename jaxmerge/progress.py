@@ -8,6 +8,7 @@ shows no ETA until the first step is done and measures rate and ETA from then on
 from __future__ import annotations
 
 import sys
+import time
 from typing import Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
@@ -19,11 +20,10 @@ class _Bar(tqdm):
     _warm: tuple[float, float] | None = None  # (time, n) when the first (compiling) update arrived
 
     def update(self, n=1):
-        if self._warm is None and n:
-            out = super().update(n)
-            self._warm = (self._time(), self.n)
-            return out
-        return super().update(n)
+        out = super().update(n)
+        if self._warm is None and n and not self.disable:
+            self._warm = (time.time(), self.n)
+        return out
 
     @property
     def format_dict(self):
@@ -33,7 +33,7 @@ class _Bar(tqdm):
                 if d.get("total") else "{desc}: {n_fmt} [{elapsed}, first step (compiling)]"
         else:
             t, n0 = self._warm
-            d["rate"] = (self.n - n0) / max(self._time() - t, 1e-9)
+            d["rate"] = (self.n - n0) / max(time.time() - t, 1e-9)
         return d
 
 
