@@ -73,10 +73,14 @@ def hf_key(path: tuple, layer: int | None = None) -> str:
 
 
 def resolve(path_or_id: str, patterns=HUB_PATTERNS) -> str:
-    """A local folder as is; otherwise a hub id through ``snapshot_download`` (cache and
-    ``HF_HUB_OFFLINE`` honoured), fetching only the files matching ``patterns``."""
+    """A local folder as is; a ``.gguf`` file as its converted, cached folder (``jaxmerge.gguf``);
+    otherwise a hub id through ``snapshot_download`` (cache and ``HF_HUB_OFFLINE`` honoured),
+    fetching only the files matching ``patterns``."""
     if os.path.isdir(path_or_id):
         return os.fspath(path_or_id)
+    if os.fspath(path_or_id).endswith(".gguf") and os.path.isfile(path_or_id):  # converted once, cached
+        from .gguf import gguf_folder
+        return gguf_folder(path_or_id)
     if os.path.exists(path_or_id):
         raise FileNotFoundError(f"{path_or_id} is a file; expected a checkpoint folder or hub id")
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
