@@ -26,13 +26,12 @@ is possible; test prompts of the other targets never occur in their train/valida
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import time
 
-
+from jaxmerge.cache import build_lock, cache_root
 
 VERSION = 2
 POOL_FAMILIES = ("add", "sub", "successor", "max", "count", "first", "sentiment", "boolean", "color", "translate",
@@ -114,10 +113,6 @@ def recipe_hash(r: dict) -> str:
     return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cache_root() -> str:
-    return os.environ.get("JAXMERGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxmerge")
-
-
 # --- building ----------------------------------------------------------------------------------------------
 def build_world(root: str | None = None, size: str = "default", seed: int = 0, progress: bool = True) -> World:
     """The world for ``(size, seed)``: loaded from the cache, else built (resumably) and cached."""
@@ -127,9 +122,7 @@ def build_world(root: str | None = None, size: str = "default", seed: int = 0, p
     final = os.path.join(root, name)
     if os.path.exists(os.path.join(final, "world.json")):
         return load_world(final)
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f".{name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same world
+    with build_lock(final):  # another process may be building the same world
         if os.path.exists(os.path.join(final, "world.json")):
             return load_world(final)
         partial = os.path.join(root, f".partial-{name}")
@@ -162,20 +155,64 @@ def small_world(root: str | None = None) -> World:
     return _SMALL[key]
 
 
+# --- the worlds every experiment CLI knows (one registry: ``--world`` choices come from here) -------------
+@dataclasses.dataclass(frozen=True)
+class WorldKind:
+    """A world by name: ``build`` ("module:function", called as ``function(root=None, seed=0,
+    progress=True) -> World``), its target tasks and default task (known without building it, so that
+    arguments are checked before anything is built), and the dtype its base runs in on CPU."""
+    build: str
+    targets: tuple[str, ...]
+    default_task: str
+    dtype: str = "float32"
+
+
+def _embedded(size: str) -> WorldKind:
+    return WorldKind(f"experiments.world:build_{size}", tuple(SIZES[size]["targets"]), SIZES[size]["default_task"])
+
+
+def build_default(root: str | None = None, seed: int = 0, progress: bool = True) -> World:
+    return build_world(root, "default", seed, progress)
+
+
+def build_small(root: str | None = None, seed: int = 0, progress: bool = True) -> World:
+    return build_world(root, "small", seed, progress)
+
+
+WORLDS: dict[str, WorldKind] = {"default": _embedded("default"), "small": _embedded("small")}
+
+
+def get_world(name: str, root: str | None = None, seed: int = 0, progress: bool = True) -> World:
+    """The world ``name`` of ``WORLDS``, built (resumably) on first use and cached."""
+    import importlib
+    kind = world_kind(name)
+    module, fn = kind.build.split(":")
+    return getattr(importlib.import_module(module), fn)(root=root, seed=seed, progress=progress)
+
+
+def world_kind(name: str) -> WorldKind:
+    if name not in WORLDS:
+        from jaxmerge.errors import UserError
+        raise UserError(f"world {name!r}: expected one of {', '.join(sorted(WORLDS))}")
+    return WORLDS[name]
+
+
 def main(argv=None) -> int:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m experiments.world", description="Build (or locate) the embedded world.")
-    p.add_argument("--size", default="default", choices=sorted(SIZES))
+    p = argparse.ArgumentParser(prog="python -m experiments.world", description="Build (or locate) a world.")
+    p.add_argument("--world", default="default", choices=sorted(WORLDS))
+    p.add_argument("--size", dest="world", choices=sorted(SIZES), help=argparse.SUPPRESS)  # older spelling
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", default=None, help="cache folder (default $JAXMERGE_CACHE or ~/.cache/jaxmerge)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     t = time.time()
-    w = build_world(a.root, a.size, a.seed)
+    w = get_world(a.world, a.root, a.seed, progress=not a.quiet)
     print(f"world at {w.root} ({time.time() - t:.1f} s)")
     print(f"  base: {w.base_dir}\n  pool: {len(w.good_pool_dirs)} adapters + {len(w.broken)} broken")
     print(f"  targets: {', '.join(w.target_tasks)} (default {w.default_task})")
     for k, v in sorted(w.stats.get("zero_shot", {}).items()):
-        print(f"  zero-shot {k}: generate {v['generate']:.3f}  loglik {v['loglik']:.3f}")
+        print("  zero-shot " + k + ": " + "  ".join(f"{p} {a:.3f}" for p, a in v.items() if isinstance(a, float)))
     return 0
 
 

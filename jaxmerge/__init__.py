@@ -13,8 +13,11 @@ import os
 # XLA's: on 2 cores a batched 4096×64 QR took 2.6 s with OpenBLAS threads and 8 ms without
 # (BUILD_NOTES). OpenBLAS reads this when it loads; an explicit user setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# transformers prints "PyTorch was not found. Models won't be available …" on import without torch. jaxmerge
+# never uses transformers' models at run time (torch is a test oracle), so that advice is noise here.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from .config import ConfigError, LlamaConfig, RopeConfig  # noqa: E402
+from .config import ConfigError, LlamaConfig, ModelConfig, RopeConfig  # noqa: E402
 from .generate import generate
 from .lora import Dense, Factored
 from .model import forward, hidden_states, lm_head
@@ -24,7 +27,7 @@ from .stacks import ModuleStack, Pool
 
 __version__ = "0.1.0"
 
-__all__ = ["Base", "CheckpointError", "ConfigError", "Dense", "Factored", "LlamaConfig", "ModuleStack", "Pool",
+__all__ = ["Base", "CheckpointError", "ConfigError", "Dense", "Factored", "LlamaConfig", "ModelConfig", "ModuleStack", "Pool",
            "RopeConfig", "ShardingRules", "abstract_params", "forward", "generate", "hidden_states", "lm_head",
            "load_base", "make_mesh"]
 

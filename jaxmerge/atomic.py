@@ -42,7 +42,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
-def _json_default(x):
+def json_default(x):
     import numpy as np
     if isinstance(x, np.generic):
         return x.item()
@@ -59,19 +59,19 @@ def _json_default(x):
 
 def to_jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON types (NumPy / JAX scalars and arrays converted), via a JSON round trip."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> str:
     with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=indent, default=_json_default)
+        json.dump(obj, f, indent=indent, default=json_default)
     return os.fspath(path)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> str:
     with atomic_file(path, "w") as f:
         for r in rows:
-            f.write(json.dumps(r, default=_json_default) + "\n")
+            f.write(json.dumps(r, default=json_default) + "\n")
     return os.fspath(path)
 
 

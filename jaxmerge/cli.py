@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "pool": "jaxmerge.pool.cli",
     "bench": "jaxmerge.bench.cli",
     "plan": "jaxmerge.plan",
+    "doctor": "jaxmerge.doctor",
 }
 
 
@@ -35,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .errors import cli_errors
     args = build_parser().parse_args(argv)
     if not hasattr(args, "func"):
         print(f"jaxmerge {args.command}: not available in this build", file=sys.stderr)
         return 2
-    return int(args.func(args) or 0)
+    with cli_errors(f"jaxmerge {args.command}"):
+        return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

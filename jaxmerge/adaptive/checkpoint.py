@@ -12,19 +12,20 @@ middle of a save leaves only a temporary folder that the next run ignores (and r
 latest *complete* step is restored. Restoring needs a template (``like``) of the same structure:
 the freshly initialised state, so shapes and dtypes are checked on the way in.
 
-Coefficients and results are written with tmp + ``os.replace``: ``save_npz`` / ``save_json``.
+Coefficients and results are written atomically (``jaxmerge.atomic``): ``save_npz`` / ``save_json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ..atomic import json_default, atomic_file, read_json
 
 
 def manager(directory: str | os.PathLike, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -52,56 +53,25 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Mapping[str, Any]) -> dict
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-# --- atomic files ---------------------------------------------------------------------------------
-def _atomic_write(path: str, write) -> str:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
+# --- result files (through jaxmerge.atomic) ----------------------------------------------------------
 def save_npz(path: str, arrays: Mapping[str, Any]) -> str:
     """Arrays to ``.npz`` atomically (values pulled to host; bf16 stored as float32)."""
     host = {}
     for k, v in arrays.items():
         a = np.asarray(jax.device_get(v))
         host[k] = a.astype(np.float32) if a.dtype.name == "bfloat16" else a
-    return _atomic_write(path, lambda f: np.savez(f, **host))
+    with atomic_file(path) as f:
+        np.savez(f, **host)
+    return os.fspath(path)
 
 
 def save_json(path: str, obj: Any) -> str:
-    data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    return _atomic_write(path, lambda f: f.write(data))
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
+    return os.fspath(path)
 
 
-def load_json(path: str) -> Any | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+load_json = read_json
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

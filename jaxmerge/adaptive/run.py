@@ -8,8 +8,10 @@ similarity selection) — given, or trained here with the target-lora recipe and
 (std-matched, target kept), the target inserted at slot 0; (3) tuning — gradient (coefficients),
 joint (coefficients + the LoRAs' A/B + π-tuning's fresh LoRA), gradient-free (nevergrad), a static
 merge, or none; (4) test accuracy of the best state under the task's protocol. Writes
-``coefficients.npz`` and ``result.json`` atomically; a run whose ``result.json`` exists returns it,
-one that was killed resumes from its orbax checkpoints (``train/ckpt``, ``target_lora/train/ckpt``)
+``coefficients.npz`` and ``result.json`` atomically. A run is identified by everything that determines
+it (``jaxmerge.adaptive.identity``, recorded in ``result.json``): a finished run with the same identity is
+returned with ``reused: True``, a different one under the same ``out_dir`` is refused naming what
+differs (``RunMismatch``); one that was killed resumes from its orbax checkpoints (``train/ckpt``, ``target_lora/train/ckpt``)
 or its nevergrad history (``lorahub.json``).
 
 Trainable state per tuning (N merged adapters, L layers, M module types of the pool):
@@ -29,11 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..atomic import to_jsonable
+from ..errors import UserError
 from ..lora import Dense
 from ..merge.coefficients import factored_adapters, module_coefficients
 from ..stacks import ModuleStack, Pool
 from ..tasks import encode, evaluate
 from . import checkpoint as ckpt
+from .identity import differences, file_fingerprint, pool_identity, run_identity
 from .lorahub import search
 from .methods import METHODS, method as make_method
 from .selection import SIMILARITIES
@@ -60,18 +65,14 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
                     random_pool=random_pool, **overrides)
     os.makedirs(out_dir, exist_ok=True)
     task = task_data.task
-    fingerprint = {"method": m.to_dict(), "seed": seed, "task": task.name,
-                   "pool": list(pool.names) if pool is not None else None}
+    identity = run_identity(m.to_dict(), seed=seed, base=base, pool=pool, task_data=task_data,
+                            settings={"max_len": max_len, "target_lora": _target_identity(target_lora, target_lora_steps)})
     done = ckpt.load_json(os.path.join(out_dir, "result.json"))
     if done is not None:
-        if done.get("fingerprint") != _jsonable(fingerprint):
-            raise RuntimeError(f"{out_dir} holds a different run ({done['method']}, seed {done['seed']}); "
-                               "use another --out")
-        return done
-    old = ckpt.load_json(os.path.join(out_dir, "fingerprint.json"))
-    if old is not None and old != _jsonable(fingerprint):
-        raise RuntimeError(f"{out_dir} holds checkpoints of a different run; use another out_dir")
-    ckpt.save_json(os.path.join(out_dir, "fingerprint.json"), fingerprint)
+        _same_run(out_dir, done.get("identity"), identity)
+        return {**done, "reused": True}
+    _same_run(out_dir, ckpt.load_json(os.path.join(out_dir, "identity.json")), identity, partial=True)
+    ckpt.save_json(os.path.join(out_dir, "identity.json"), identity)
 
     t0 = time.time()
     config, params, tok = base.config, base.params, base.tokenizer
@@ -106,8 +107,8 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
                    batch_size=eval_batch_size, max_new_tokens=task.max_new_tokens, system=task.system)
     coef_path = ckpt.save_npz(os.path.join(out_dir, "coefficients.npz"), arrays) if arrays else None
     result.update(test_accuracy=float(acc), coefficients_path=coef_path, history=history,
-                  seconds=round(time.time() - t0, 2), fingerprint=_jsonable(fingerprint))
-    result = _jsonable(result)
+                  seconds=round(time.time() - t0, 2), identity=identity)
+    result = to_jsonable(result)
     ckpt.save_json(os.path.join(out_dir, "result.json"), result)
     return result
 
@@ -302,9 +303,30 @@ def _loss(params, adapters, batch, config) -> float:
     return float(_plain_eval(config)(adapters, params, place_batch(micro_batches(batch, EVAL_MICRO))))
 
 
-def _jsonable(x):
-    import json
-    return json.loads(json.dumps(x, default=ckpt._json_default))
+class RunMismatch(UserError):
+    """``out_dir`` already holds (part of) a run that differs from the one asked for."""
+
+
+def _same_run(out_dir: str, stored, identity: dict, partial: bool = False) -> None:
+    if stored is None and not partial:
+        raise RunMismatch(f"{out_dir} holds a result.json without a run identity (an older jaxmerge); "
+                          "use another --out or delete it")
+    diff = [] if stored is None else differences(stored, identity)
+    if diff:
+        what = "checkpoints of a different run" if partial else "a different finished run"
+        raise RunMismatch(f"{out_dir} holds {what}: " + "; ".join(diff[:6]) + ("; …" if len(diff) > 6 else "")
+                          + " — use another --out, or delete the folder to run again")
+
+
+def _target_identity(target_lora, steps) -> dict:
+    """What fixes the target-task LoRA of a run: a given Pool or PEFT folder (by content), or the recipe."""
+    if target_lora is None:
+        return {"trained_here": True, "steps": steps}
+    if isinstance(target_lora, Pool):
+        return {"pool": pool_identity(target_lora)}
+    path = os.fspath(target_lora)
+    files = sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors")))
+    return {"adapter_dir": os.path.abspath(path), "files": {f: file_fingerprint(os.path.join(path, f)) for f in files}}
 
 
 __all__ = ["run_method", "METHODS"]
