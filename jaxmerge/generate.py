@@ -16,13 +16,14 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from .config import LlamaConfig
+from .config import ModelConfig
 from .lora import Adapters
-from .model import _decoder, causal_mask, default_positions, lm_head, rope_cos_sin
+from .model import _decoder, attention_masks, check_params, default_positions, lm_head, rope_cos_sin
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id"))
 def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, eos_ids, pad_id):
+    check_params(params, config)
     b, t = tokens.shape
     total = t + max_new_tokens
     dtype = params["embed_tokens"].dtype
@@ -33,8 +34,8 @@ def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, 
     def step(tok, pos, caches, key_valid, index):
         x = params["embed_tokens"][tok]
         cos, sin = rope_cos_sin(pos, config, dtype)
-        mask = causal_mask(index + jnp.arange(tok.shape[1]), key_valid)
-        h, caches = _decoder(params, x, cos, sin, mask, config, adapters, False, caches, index)
+        masks = attention_masks(index + jnp.arange(tok.shape[1]), key_valid, config)
+        h, caches = _decoder(params, x, cos, sin, masks, config, adapters, False, caches, index)
         return jnp.argmax(lm_head(params, h[:, -1]), axis=-1).astype(tokens.dtype), caches
 
     positions = default_positions(tokens, attention_mask)
@@ -54,7 +55,7 @@ def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, 
     return out.T
 
 
-def generate(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, max_new_tokens: int = 30,
+def generate(params: Mapping, tokens: jax.Array, config: ModelConfig, *, max_new_tokens: int = 30,
              attention_mask: jax.Array | None = None, adapters: Adapters | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None) -> jax.Array:
     """Greedy continuation ``[B, max_new_tokens]`` of left-padded prompts ``[B, T]`` (jitted).

@@ -73,8 +73,8 @@ def layer_major(adapters: Adapters | None) -> dict:
     return {k: tuple(d.layer_major() for d in as_tuple(v)) for k, v in adapters.items()}
 
 
-def apply_linear(x: jax.Array, w: jax.Array, deltas: tuple = ()) -> jax.Array:
-    """``x·(W + Σ ΔW)ᵀ`` for one layer. x: [B, T, in], w: [out, in] → [B, T, out].
+def apply_linear(x: jax.Array, w: jax.Array, deltas: tuple = (), bias: jax.Array | None = None) -> jax.Array:
+    """``x·(W + Σ ΔW)ᵀ (+ bias)`` for one layer. x: [B, T, in], w: [out, in], bias: [out] → [B, T, out].
 
     Dense deltas are folded into W (one matmul); factored deltas run as two thin matmuls.
     """
@@ -82,6 +82,8 @@ def apply_linear(x: jax.Array, w: jax.Array, deltas: tuple = ()) -> jax.Array:
     if dense:
         w = w + sum(d.delta.astype(w.dtype) for d in dense)
     y = jnp.einsum("btd,od->bto", x, w)
+    if bias is not None:
+        y = y + bias
     for d in deltas:
         if isinstance(d, Factored):
             a, b, m = d.a.astype(x.dtype), d.b.astype(x.dtype), d.m.astype(x.dtype)

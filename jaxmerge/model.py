@@ -1,18 +1,22 @@
-"""A pure-functional Llama 3.x: ``forward(params, tokens, config, adapters=...) -> logits``.
+"""The shared decoder of every family: ``forward(params, tokens, config, adapters=...) -> logits``.
 
 Parameters are a plain dict pytree with Hugging Face's names and layouts (``nn.Linear.weight`` is
 ``[out, in]``), the per-layer weights stacked on a leading layer axis so that the decoder is one
-``lax.scan``:
+``lax.scan``; the family's schema (``jaxmerge.models``) declares every leaf:
 
     {"embed_tokens": [V, D], "norm": [D], "lm_head": [V, D] (absent when tied),
      "layers": {"input_layernorm": [L, D], "post_attention_layernorm": [L, D],
                 "self_attn": {"q_proj": [L, H·K, D], "k_proj": [L, G·K, D], "v_proj": [L, G·K, D],
-                              "o_proj": [L, D, H·K]},
+                              "o_proj": [L, D, H·K],
+                              "q_norm", "k_norm": [L, K]                       (Qwen3)
+                              "q_proj_bias": [L, H·K], "k/v_proj_bias": [L, G·K]  (Qwen2)},
                 "mlp": {"gate_proj": [L, F, D], "up_proj": [L, F, D], "down_proj": [L, D, F]}}}
 
-RoPE is transformers' rotate-half form, so checkpoints and LoRA factors map without permutation.
-Numerics follow ``modeling_llama.py``: RMSNorm in float32 then cast back before the weight, softmax in
-float32, cos/sin computed in float32 and cast to the activation dtype.
+A family's features are its schema's leaves (q/k norms, biases) and its config's sliding window:
+one decoder, no per-family copies. RoPE is transformers' rotate-half form, so checkpoints and LoRA
+factors map without permutation. Numerics follow ``modeling_llama.py`` / ``modeling_qwen3.py``:
+RMSNorm in float32 then cast back before the weight, softmax in float32, cos/sin computed in float32
+and cast to the activation dtype.
 
 Einsum letters: b batch, t query tokens, s key tokens, d model dim, h query heads per kv head
 (group), g kv heads, k head dim, v vocab.
@@ -27,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import LlamaConfig, RopeConfig
+from .config import ModelConfig, RopeConfig
 from .lora import Adapters, apply_linear, layer_major
+from .models import schema_of
+from .models.schema import BLOCK
 
 NEG_INF = -1e30  # finite: a fully masked row (padding queries) gives a uniform, not a NaN, softmax
 
@@ -49,7 +55,7 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-def rope_cos_sin(positions: jax.Array, config: LlamaConfig, dtype) -> tuple[jax.Array, jax.Array]:
+def rope_cos_sin(positions: jax.Array, config: ModelConfig, dtype) -> tuple[jax.Array, jax.Array]:
     """cos, sin ``[B, T, K]`` for integer positions ``[B, T]``."""
     inv = jnp.asarray(rope_inv_freq(config.rope, config.head_dim))
     freqs = positions.astype(jnp.float32)[..., None] * inv
@@ -85,39 +91,53 @@ def _attention(q, k, v, mask):
     return out.reshape(b, t, nq * kd)
 
 
-def _layer(x, p, deltas, cos, sin, mask, config: LlamaConfig, cache=None, index=None):
-    """One Llama block. x: [B, T, D]; p: this layer's params; deltas: {module: tuple of deltas}.
+def _layer(x, p, deltas, cos, sin, mask, config: ModelConfig, cache=None, index=None):
+    """One decoder block. x: [B, T, D]; p: this layer's params; deltas: {module: tuple of deltas}.
 
     With ``cache=(k_cache, v_cache)`` of ``[B, S, G, K]`` the new keys/values are written at
     ``index`` and attention runs over the whole cache; returns (x, new_cache).
     """
-    lin = lambda h, group, name: apply_linear(h, p[group][name], deltas.get(name, ()))
+    def lin(h, name):
+        block = p[BLOCK[name]]
+        return apply_linear(h, block[name], deltas.get(name, ()), block.get(f"{name}_bias"))
+
+    attn = p["self_attn"]
     b, t, _ = x.shape
     h = rms_norm(x, p["input_layernorm"], config.rms_norm_eps)
-    q = lin(h, "self_attn", "q_proj").reshape(b, t, config.num_attention_heads, config.head_dim)
-    k = lin(h, "self_attn", "k_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
-    v = lin(h, "self_attn", "v_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
+    q = lin(h, "q_proj").reshape(b, t, config.num_attention_heads, config.head_dim)
+    k = lin(h, "k_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
+    v = lin(h, "v_proj").reshape(b, t, config.num_key_value_heads, config.head_dim)
+    if "q_norm" in attn:  # Qwen3: RMSNorm of every head over head_dim, before RoPE
+        q, k = rms_norm(q, attn["q_norm"], config.rms_norm_eps), rms_norm(k, attn["k_norm"], config.rms_norm_eps)
     q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
     if cache is not None:
         k_cache = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
         k, v, cache = k_cache, v_cache, (k_cache, v_cache)
-    x = x + lin(_attention(q, k, v, mask), "self_attn", "o_proj")
+    x = x + lin(_attention(q, k, v, mask), "o_proj")
     h = rms_norm(x, p["post_attention_layernorm"], config.rms_norm_eps)
-    h = jax.nn.silu(lin(h, "mlp", "gate_proj")) * lin(h, "mlp", "up_proj")
-    return x + lin(h, "mlp", "down_proj"), cache
+    h = jax.nn.silu(lin(h, "gate_proj")) * lin(h, "up_proj")
+    return x + lin(h, "down_proj"), cache
 
 
-def _decoder(params, x, cos, sin, mask, config, adapters, remat, caches=None, index=None):
-    """Scan the stacked layers. Returns final-normed hidden states and the updated caches."""
+def _decoder(params, x, cos, sin, masks, config, adapters, remat, caches=None, index=None):
+    """Scan the stacked layers. ``masks`` from ``attention_masks``. Returns final-normed hidden states
+    and the updated caches."""
+    full, windowed = masks
+    sliding = np.zeros(config.num_hidden_layers, bool)
+    sliding[list(config.sliding_layers)] = True
+    mixed = windowed is not None and not sliding.all()
+
     def body(h, xs):
-        p, deltas, cache = xs
+        p, deltas, cache, slides = xs
+        mask = full if windowed is None else windowed if not mixed else jnp.where(slides, windowed, full)
         h, cache = _layer(h, p, deltas, cos, sin, mask, config, cache, index)
         return h, cache
 
     if remat:
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    x, caches = jax.lax.scan(body, x, (params["layers"], layer_major(adapters), caches))
+    xs = (params["layers"], layer_major(adapters), caches, jnp.asarray(sliding) if mixed else None)
+    x, caches = jax.lax.scan(body, x, xs)
     return rms_norm(x, params["norm"], config.rms_norm_eps), caches
 
 
@@ -129,13 +149,34 @@ def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> ja
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def causal_mask(q_index: jax.Array, key_valid: jax.Array) -> jax.Array:
-    """``[B, T, S]``: key s visible to query t iff s ≤ q_index[t] and the key is a real token."""
+def causal_mask(q_index: jax.Array, key_valid: jax.Array, window: int | None = None) -> jax.Array:
+    """``[B, T, S]``: key s visible to query t iff s ≤ q_index[t] (and q_index[t] − window < s with a
+    sliding window, as transformers counts it) and the key is a real token."""
     s = jnp.arange(key_valid.shape[1])
-    return (s[None, None, :] <= q_index[None, :, None]) & key_valid[:, None, :].astype(bool)
+    ok = s[None, None, :] <= q_index[None, :, None]
+    if window is not None:
+        ok = ok & (s[None, None, :] > q_index[None, :, None] - window)
+    return ok & key_valid[:, None, :].astype(bool)
 
 
-def hidden_states(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, adapters: Adapters | None = None,
+def attention_masks(q_index: jax.Array, key_valid: jax.Array, config: ModelConfig) -> tuple:
+    """(full causal mask, windowed mask or None): the masks the decoder's layers choose from."""
+    windowed = causal_mask(q_index, key_valid, config.sliding_window) if config.sliding_layers else None
+    return (causal_mask(q_index, key_valid) if windowed is None or len(config.sliding_layers)
+            < config.num_hidden_layers else None), windowed
+
+
+def check_params(params: Mapping, config: ModelConfig) -> None:
+    """The params tree has exactly the leaves of the config's schema (checked once per trace)."""
+    want = {leaf.path for leaf in schema_of(config).leaves}
+    have = {tuple(getattr(k, "key", k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        raise ValueError(f"params do not fit a {config.family} model: missing {['/'.join(p) for p in missing]}, "
+                         f"unexpected {['/'.join(p) for p in extra]}")
+
+
+def hidden_states(params: Mapping, tokens: jax.Array, config: ModelConfig, *, adapters: Adapters | None = None,
                   attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
                   remat: bool = False) -> jax.Array:
     """Final normed hidden states ``[B, T, D]`` (the input of the LM head)."""
@@ -143,10 +184,11 @@ def hidden_states(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, ad
         positions = default_positions(tokens, attention_mask)
     if attention_mask is None:
         attention_mask = jnp.ones(tokens.shape, bool)
+    check_params(params, config)
     x = params["embed_tokens"][tokens]
     cos, sin = rope_cos_sin(positions, config, x.dtype)
-    mask = causal_mask(jnp.arange(tokens.shape[1]), attention_mask)
-    h, _ = _decoder(params, x, cos, sin, mask, config, adapters, remat)
+    masks = attention_masks(jnp.arange(tokens.shape[1]), attention_mask, config)
+    h, _ = _decoder(params, x, cos, sin, masks, config, adapters, remat)
     return h
 
 
@@ -156,7 +198,7 @@ def lm_head(params: Mapping, h: jax.Array) -> jax.Array:
     return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
 
 
-def forward(params: Mapping, tokens: jax.Array, config: LlamaConfig, *, adapters: Adapters | None = None,
+def forward(params: Mapping, tokens: jax.Array, config: ModelConfig, *, adapters: Adapters | None = None,
             attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
             remat: bool = False) -> jax.Array:
     """Logits ``[B, T, V]`` (float32) of token ids ``[B, T]``.

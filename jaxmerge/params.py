@@ -1,10 +1,10 @@
-"""Loading a Hugging Face Llama checkpoint into the params pytree (after bonsai's ``params.py``).
+"""Loading a Hugging Face checkpoint into the params pytree (after bonsai's ``params.py``).
 
-The abstract tree comes first (shapes from the config); a small regex table then maps every
-safetensors key onto a leaf (and a layer index for stacked leaves). Missing, unexpected and
-mis-shaped tensors are collected over all files and reported together, naming file and key.
-Arrays are built with ``jax.make_array_from_callback`` from memory-mapped files, so on a mesh each
-device reads only its own slice — no full host copy per device.
+Everything comes from the family's schema (``jaxmerge.models``): the abstract tree (shapes from the
+config), the key of every leaf and the leaf of every key. Missing, unexpected and mis-shaped tensors
+are collected over all files and reported together, naming file and key. Arrays are built with
+``jax.make_array_from_callback`` from memory-mapped files, so on a mesh each device reads only its own
+slice — no full host copy per device.
 """
 
 from __future__ import annotations
@@ -12,81 +12,96 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import LlamaConfig
+from .config import ModelConfig
 from .errors import UserError
+from .models import families, schema_of
 from .safetensors_io import SafeFile
 from .sharding import ShardingRules, param_shardings
 
-# HF key → (path in the params tree, whether it is stacked over layers).
-KEY_TABLE = [
-    (re.compile(r"model\.embed_tokens\.weight"), lambda m: ("embed_tokens",)),
-    (re.compile(r"model\.norm\.weight"), lambda m: ("norm",)),
-    (re.compile(r"lm_head\.weight"), lambda m: ("lm_head",)),
-    (re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.weight"), lambda m: ("layers", m[2], m[3])),
-    (re.compile(r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight"),
-     lambda m: ("layers", m[2])),
-]
-IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "chat_template.jinja"]
 
 
 class CheckpointError(UserError, ValueError):
     """Tensors missing, unexpected or mis-shaped; the message lists all of them."""
 
 
+class NotFound(UserError, FileNotFoundError):
+    """A model path that does not exist, or a hub id that cannot be resolved (e.g. offline, not cached)."""
+
+
 @dataclasses.dataclass
 class Base:
     """A loaded base model: ``config`` (static), ``params`` (pytree), ``tokenizer`` (or None)."""
-    config: LlamaConfig
+    config: ModelConfig
     params: dict
     tokenizer: Any
     path: str
 
 
-def abstract_params(config: LlamaConfig, dtype=jnp.bfloat16) -> dict:
+def abstract_params(config: ModelConfig, dtype=jnp.bfloat16) -> dict:
     """The params tree as ``ShapeDtypeStruct`` leaves (no memory)."""
-    c, L = config, config.num_hidden_layers
-    sds = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
-    tree = {"embed_tokens": sds(c.vocab_size, c.hidden_size), "norm": sds(c.hidden_size),
-            "layers": {"input_layernorm": sds(L, c.hidden_size), "post_attention_layernorm": sds(L, c.hidden_size),
-                       "self_attn": {m: sds(L, *c.module_shape(m)) for m in ("q_proj", "k_proj", "v_proj", "o_proj")},
-                       "mlp": {m: sds(L, *c.module_shape(m)) for m in ("gate_proj", "up_proj", "down_proj")}}}
-    if not c.tie_word_embeddings:
-        tree["lm_head"] = sds(c.vocab_size, c.hidden_size)
-    return tree
+    s = schema_of(config)
+    return s.tree(lambda leaf: jax.ShapeDtypeStruct(s.full_shape(leaf), dtype))
 
 
-def hf_key(path: tuple, layer: int | None = None) -> str:
-    """Inverse of the table: the transformers key of a leaf (and layer)."""
-    if path[0] != "layers":
-        return {"embed_tokens": "model.embed_tokens.weight", "norm": "model.norm.weight",
-                "lm_head": "lm_head.weight"}[path[0]]
-    return f"model.layers.{layer}." + ".".join(path[1:]) + ".weight"
+def hf_key(path: tuple, layer: int | None = None, config: ModelConfig | None = None) -> str:
+    """The transformers key of a leaf (and layer). Paths name the same key in every family, so
+    ``config`` is needed only to refuse a leaf that config does not have."""
+    if config is not None:
+        return schema_of(config).hf_key(tuple(path), layer)
+    for fam in families().values():
+        for leaf in fam.leaves:
+            if leaf.path == tuple(path):
+                if leaf.per_layer != (layer is not None):
+                    raise ValueError(f"{'/'.join(path)}: layer {'required' if leaf.per_layer else 'not allowed'}")
+                return leaf.key.format(layer=layer) if leaf.per_layer else leaf.key
+    raise KeyError(f"{'/'.join(path)} is not a parameter of any supported family")
 
 
 def resolve(path_or_id: str, patterns=HUB_PATTERNS) -> str:
     """A local folder as is; a ``.gguf`` file as its converted, cached folder (``jaxmerge.gguf``);
     otherwise a hub id through ``snapshot_download`` (cache and ``HF_HUB_OFFLINE`` honoured),
-    fetching only the files matching ``patterns``."""
+    fetching only the files matching ``patterns``. A hub id that cannot be resolved is a ``NotFound``
+    naming it (and the offline mode when that is the cause)."""
     if os.path.isdir(path_or_id):
         return os.fspath(path_or_id)
     if os.fspath(path_or_id).endswith(".gguf") and os.path.isfile(path_or_id):  # converted once, cached
         from .gguf import gguf_folder
         return gguf_folder(path_or_id)
     if os.path.exists(path_or_id):
-        raise FileNotFoundError(f"{path_or_id} is a file; expected a checkpoint folder or hub id")
+        raise NotFound(f"{path_or_id} is a file; expected a checkpoint folder or hub id")
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
-        raise FileNotFoundError(f"{path_or_id}: no such folder, and not a hub id of the form 'owner/name'")
+        raise NotFound(f"{path_or_id}: no such folder, and not a hub id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
-    return snapshot_download(path_or_id, allow_patterns=list(patterns))
+    try:
+        return snapshot_download(path_or_id, allow_patterns=list(patterns))
+    except Exception as e:  # noqa: BLE001 — every hub failure becomes one line naming the id
+        raise NotFound(hub_failure(path_or_id, e)) from None
+
+
+def hub_failure(repo_id: str, e: Exception) -> str:
+    """One line for a failed hub resolution: which id, why, and what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    if isinstance(e, LocalEntryNotFoundError) or (constants.HF_HUB_OFFLINE and isinstance(e, OSError)):
+        where = constants.HF_HUB_CACHE
+        if constants.HF_HUB_OFFLINE:
+            return (f"hub id {repo_id!r} is not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE=1 "
+                    "forbids downloading it: fetch it once online, or unset HF_HUB_OFFLINE")
+        return f"hub id {repo_id!r} is not in the local cache ({where}) and the hub could not be reached"
+    if isinstance(e, GatedRepoError):
+        return f"hub id {repo_id!r} is gated: accept its licence on the hub and log in (hf auth login)"
+    if isinstance(e, RepositoryNotFoundError):
+        return f"hub id {repo_id!r}: no such repository on the hub (or it is private)"
+    return f"hub id {repo_id!r} could not be fetched: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _weight_files(path: str) -> list[str]:
@@ -107,44 +122,32 @@ def _weight_files(path: str) -> list[str]:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-def _locate(config: LlamaConfig, files: list[SafeFile], abstract: dict) -> dict:
-    """Map every leaf to its sources; raise one error listing every problem."""
+def _locate(config: ModelConfig, files: list[SafeFile]) -> dict:
+    """Map every (leaf path, layer) to its (file, key); raise one error listing every problem."""
+    s = schema_of(config)
     sources: dict[tuple, Any] = {}
     problems, seen = [], set()
     L = config.num_hidden_layers
     for f in files:
         for key in f.keys():
-            if IGNORED.fullmatch(key):
+            hit = s.match(key)
+            if hit is None:
+                if not s.is_unused(key):  # e.g. a tied model's lm_head.weight: the embedding is the head
+                    problems.append(f"unexpected tensor {key!r} in {f.path}")
                 continue
-            for rx, to_path in KEY_TABLE:
-                m = rx.fullmatch(key)
-                if m:
-                    break
-            else:
-                problems.append(f"unexpected tensor {key!r} in {f.path}")
-                continue
-            path = to_path(m)
-            if path == ("lm_head",) and config.tie_word_embeddings:
-                continue  # tied: the embedding is the head
-            leaf = abstract
-            for p in path:
-                leaf = leaf.get(p) if isinstance(leaf, dict) else None
-            if leaf is None:
-                problems.append(f"unexpected tensor {key!r} in {f.path}")
-                continue
-            layer = int(m[1]) if path[0] == "layers" else None
-            want = leaf.shape[1:] if layer is not None else leaf.shape
+            leaf, layer = hit
             if layer is not None and layer >= L:
                 problems.append(f"unexpected tensor {key!r} in {f.path} (config has {L} layers)")
-            elif f.shape(key) != tuple(want):
-                problems.append(f"mis-shaped tensor {key!r} in {f.path}: {f.shape(key)}, expected {tuple(want)}")
+            elif f.shape(key) != tuple(leaf.shape(config)):
+                problems.append(f"mis-shaped tensor {key!r} in {f.path}: {f.shape(key)}, expected "
+                                f"{tuple(leaf.shape(config))}")
             else:
-                sources[(path, layer)] = (f, key)
-            seen.add((path, layer))
-    for path, leaf in _leaves(abstract):
-        for layer in (range(L) if path[0] == "layers" else [None]):
-            if (path, layer) not in seen:
-                problems.append(f"missing tensor {hf_key(path, layer)!r}")
+                sources[(leaf.path, layer)] = (f, key)
+            seen.add((leaf.path, layer))
+    for leaf in s.leaves:
+        for layer in (range(L) if leaf.per_layer else [None]):
+            if (leaf.path, layer) not in seen:
+                problems.append(f"missing tensor {s.hf_key(leaf.path, layer)!r}")
     if problems:
         raise CheckpointError(f"{len(problems)} problem(s) loading {files[0].path if files else ''}:\n  "
                               + "\n  ".join(problems))
@@ -165,11 +168,11 @@ def _set(tree, path, value):
     tree[path[-1]] = value
 
 
-def load_params(path: str, config: LlamaConfig, dtype=jnp.bfloat16, mesh=None, rules: ShardingRules | None = None):
+def load_params(path: str, config: ModelConfig, dtype=jnp.bfloat16, mesh=None, rules: ShardingRules | None = None):
     """The params pytree from a checkpoint folder, as ``dtype`` arrays (sharded when ``mesh`` given)."""
     files = [SafeFile(p) for p in _weight_files(path)]
     abstract = abstract_params(config, dtype)
-    sources = _locate(config, files, abstract)
+    sources = _locate(config, files)
     if mesh is not None:
         shardings = param_shardings(config, abstract, mesh, rules)
     else:
@@ -194,16 +197,18 @@ def load_params(path: str, config: LlamaConfig, dtype=jnp.bfloat16, mesh=None, r
     return params
 
 
-def params_to_hf(params: Mapping, config: LlamaConfig) -> dict[str, np.ndarray]:
-    """The transformers state dict (key → NumPy array) of a params tree; inverse of loading."""
+def params_to_hf(params: Mapping, config: ModelConfig) -> dict[str, np.ndarray]:
+    """The transformers state dict (key → NumPy array) of a params tree — or of any part of one —;
+    inverse of loading."""
+    s = schema_of(config)
     out = {}
     for path, leaf in _leaves(params):
         arr = np.asarray(jax.device_get(leaf))
-        if path[0] == "layers":
+        if s.leaf(path).per_layer:
             for i in range(arr.shape[0]):
-                out[hf_key(path, i)] = arr[i]
+                out[s.hf_key(path, i)] = arr[i]
         else:
-            out[hf_key(path)] = arr
+            out[s.hf_key(path)] = arr
     return out
 
 
@@ -217,13 +222,14 @@ def load_tokenizer(path: str):
 
 def load_base(path_or_hub_id: str, dtype: str | Any = "bfloat16", mesh=None, rules: ShardingRules | None = None,
               tokenizer: bool = True) -> Base:
-    """Load a Llama 3.x checkpoint (folder written by ``save_pretrained``, or a hub id).
+    """Load a checkpoint of any supported family (``jaxmerge.models``): a folder written by
+    ``save_pretrained``, a ``.gguf`` file, or a hub id.
 
     dtype: "bfloat16" | "float32" (or a jnp dtype). With ``mesh``, params are placed sharded by
     ``rules`` (default ``ShardingRules()``).
     """
     path = resolve(path_or_hub_id)
-    config = LlamaConfig.from_json(os.path.join(path, "config.json"))
+    config = ModelConfig.from_json(os.path.join(path, "config.json"))
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), jnp.dtype(jnp.float16)):
         raise ValueError(f"dtype {dtype}: use 'bfloat16' or 'float32'")

@@ -162,9 +162,9 @@ def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, ba
     import jax.numpy as jnp
 
     from . import shapes as shp
-    from .config import KNOWN, LlamaConfig
+    from .config import known_or_json
 
-    config = KNOWN[model] if model in KNOWN else LlamaConfig.from_json(model)
+    config = known_or_json(model)
     all_shapes, source = shp.load_shapes(pool_shapes)
     drawn = shp.draw(all_shapes, k, seed)
     t0 = time.perf_counter()
@@ -204,9 +204,9 @@ def analytic_flops(config, pool, batch: int, seq: int) -> float:
 
     Forward per token: 2·Σ(out·in) over projections and the LM head, 4·T·H·K per layer for attention
     (causal mask not exploited), 2·(in+out)·R per factored module."""
+    from .config import MODULES
     c, tokens = config, batch * seq
-    dense = sum(o * i for o, i in map(c.module_shape, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                       "up_proj", "down_proj")))
+    dense = sum(o * i for o, i in map(c.module_shape, MODULES))
     lora = sum(sum(s.ranks) * sum(c.module_shape(m)) for m, s in pool.modules.items())
     attn = 4 * seq * c.num_attention_heads * c.head_dim
     per_token_layers = c.num_hidden_layers * (2 * dense + 2 * lora + attn)
@@ -217,7 +217,8 @@ def analytic_flops(config, pool, batch: int, seq: int) -> float:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="compiled per-device memory plan of the coefficient-training step")
-    p.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.2-1b | PATH/config.json")
+    from .config import KNOWN
+    p.add_argument("--model", default="llama-3.1-8b", help=f"{' | '.join(KNOWN)} | PATH/config.json")
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--pool-shapes", default=None, help="JSON of adapter shapes (default: the real pool's if found)")
     p.add_argument("--devices", type=int, default=1)
@@ -236,6 +237,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from .config import known_or_json
+    from .errors import cli_errors
+    with cli_errors("jaxmerge plan"):
+        known_or_json(args.model)  # an unknown model fails here, naming the known ones, before any compile
+        return _run(args)
+
+
+def _run(args) -> int:
     import jax
     if jax.device_count() < args.devices:
         if os.environ.get("_JAXMERGE_PLAN_CHILD"):

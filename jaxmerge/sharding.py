@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .config import LlamaConfig
+from .config import ModelConfig
+from .models import schema as _schema, schema_of
 
 AxisName = str | tuple[str, ...] | None
 
@@ -57,29 +58,17 @@ class ShardingRules:
         return NamedSharding(mesh, self.spec(logical, shape, mesh))
 
 
-# Logical axes of each base parameter (HF layout [out, in], layer axis first).
-_PROJ = {"q_proj": ("heads", "embed"), "k_proj": ("kv_heads", "embed"), "v_proj": ("kv_heads", "embed"),
-         "o_proj": ("embed", "heads"), "gate_proj": ("mlp", "embed"), "up_proj": ("mlp", "embed"),
-         "down_proj": ("embed", "mlp")}
-
-
 def module_axes(module: str) -> tuple[str, str]:
     """Logical (out, in) axes of a projection; LoRA B is (out, rank), A is (rank, in)."""
-    return _PROJ[module]
+    return _schema.module_axes(module)
 
 
-def param_logical_axes(config: LlamaConfig) -> dict:
-    """The params pytree with a tuple of logical axis names at each leaf."""
-    tree = {"embed_tokens": ("vocab", "embed"), "norm": (None,),
-            "layers": {"input_layernorm": ("layers", None), "post_attention_layernorm": ("layers", None),
-                       "self_attn": {m: ("layers",) + _PROJ[m] for m in ("q_proj", "k_proj", "v_proj", "o_proj")},
-                       "mlp": {m: ("layers",) + _PROJ[m] for m in ("gate_proj", "up_proj", "down_proj")}}}
-    if not config.tie_word_embeddings:
-        tree["lm_head"] = ("vocab", "embed")
-    return tree
+def param_logical_axes(config: ModelConfig) -> dict:
+    """The params pytree with a tuple of logical axis names at each leaf (from the family's schema)."""
+    return schema_of(config).logical_axes()
 
 
-def param_shardings(config: LlamaConfig, shapes: Mapping, mesh: Mesh, rules: ShardingRules | None = None):
+def param_shardings(config: ModelConfig, shapes: Mapping, mesh: Mesh, rules: ShardingRules | None = None):
     """NamedShardings for a params tree, given a matching tree of shapes (or ShapeDtypeStructs)."""
     rules = rules or ShardingRules()
     axes = param_logical_axes(config)

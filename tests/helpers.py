@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmerge.config import ATTN_MODULES, MODULES, LlamaConfig, RopeConfig
+from jaxmerge.config import MODULES, LlamaConfig, RopeConfig
 from jaxmerge.lora import Factored
+from jaxmerge.models.schema import module_name
 from jaxmerge.params import abstract_params
 from jaxmerge.safetensors_io import SafeFile, save
 from jaxmerge.stacks import ModuleStack, Pool
@@ -115,11 +116,10 @@ def peft_factored(adapter_dir: str, config) -> dict:
     L = config.num_hidden_layers
     out = {}
     for m in cfg["target_modules"]:
-        group = "self_attn" if m in ATTN_MODULES else "mlp"
         o, i = config.module_shape(m)
         a, b, mul = np.zeros((L, r, i), np.float32), np.zeros((L, o, r), np.float32), np.zeros((L, r), np.float32)
         for layer in cfg.get("layers_to_transform") or range(L):
-            key = f"base_model.model.model.layers.{layer}.{group}.{m}"
+            key = f"base_model.model.{module_name(layer, m)}"
             a[layer], b[layer], mul[layer] = t[f"{key}.lora_A.weight"], t[f"{key}.lora_B.weight"], s
         out[m] = Factored(jnp.asarray(a), jnp.asarray(b), jnp.asarray(mul))
     return out

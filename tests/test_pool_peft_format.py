@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from jaxmerge.config import MODULES
-from jaxmerge.pool.peft_format import AdapterConfig, module_name, parse_key
+from jaxmerge.models.schema import module_name
+from jaxmerge.pool.peft_format import AdapterConfig, parse_key
 
 NAMES = [module_name(l, m) for l in range(2) for m in MODULES] + ["lm_head", "model.embed_tokens"]
 

@@ -49,11 +49,11 @@ def add_parser(subparsers) -> None:
 
 
 def _base_config(path):
-    from ..config import KNOWN, LlamaConfig
+    from ..config import KNOWN, ModelConfig
     from ..params import resolve
     if path in KNOWN:
         return KNOWN[path]
-    return LlamaConfig.from_json(os.path.join(resolve(path, ["config.json"]), "config.json"))
+    return ModelConfig.from_json(os.path.join(resolve(path, ["config.json"]), "config.json"))
 
 
 def _policy(args):

@@ -27,12 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import MODULES, LlamaConfig
+from ..config import MODULES, ModelConfig
 from ..safetensors_io import SafeFile, SafetensorsError
 from ..sharding import ShardingRules
 from ..stacks import ModuleStack, Pool, stack_logical_axes
 from .filters import FilterPolicy, check_config, check_license, check_norm
-from .peft_format import AdapterConfig, AdapterError, module_name, parse_key
+from ..models.schema import module_name
+from .peft_format import AdapterConfig, AdapterError, parse_key
 from .sources import Source, expand_sources, resolve
 
 WEIGHTS = "adapter_model.safetensors"
@@ -87,7 +88,7 @@ class AdapterInfo:
         return next(iter(per.values()))[3] if per else 0.0
 
 
-def inspect_adapter(folder: str, base: LlamaConfig, policy: FilterPolicy, *, source: str | None = None,
+def inspect_adapter(folder: str, base: ModelConfig, policy: FilterPolicy, *, source: str | None = None,
                     from_hub: bool = False) -> AdapterInfo:
     """Check one adapter folder; raises ``AdapterError(reason)`` when it is skipped."""
     source = source or folder
@@ -137,7 +138,7 @@ def inspect_adapter(folder: str, base: LlamaConfig, policy: FilterPolicy, *, sou
                 raise AdapterError(f"{k.kind} tensor {key!r}")
             notes.add(f"ignored {k.kind} tensors")
         elif k.kind == "unknown_module":
-            raise AdapterError(f"LoRA on a module the Llama base lacks: {k.target!r}")
+            raise AdapterError(f"LoRA on a module the base lacks: {k.target!r}")
         else:
             raise AdapterError(f"unrecognised tensor {key!r}")
     if not pairs:
@@ -204,7 +205,7 @@ def _inspect(src: Source, base, policy, cache_dir):
         return f"unexpected error while reading: {type(e).__name__}: {e}"
 
 
-def inspect_sources(sources, base: LlamaConfig, policy: FilterPolicy = FilterPolicy(), *, progress: bool = True,
+def inspect_sources(sources, base: ModelConfig, policy: FilterPolicy = FilterPolicy(), *, progress: bool = True,
                     workers: int | None = None, cache_dir: str | None = None) -> tuple[list[AdapterInfo], Report]:
     """Pass 1 over every source: the kept adapters' metadata (in source order) and the report."""
     srcs = expand_sources(sources)
@@ -231,7 +232,7 @@ def inspect_sources(sources, base: LlamaConfig, policy: FilterPolicy = FilterPol
     return kept, Report(rows)
 
 
-def _module_stack(infos: list[AdapterInfo], module: str, base: LlamaConfig, dtype, shardings) -> ModuleStack:
+def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtype, shardings) -> ModuleStack:
     L = base.num_hidden_layers
     out_dim, in_dim = base.module_shape(module)
     ranks = tuple(info.rank(module) for info in infos)
@@ -276,7 +277,7 @@ def _module_stack(infos: list[AdapterInfo], module: str, base: LlamaConfig, dtyp
     return ModuleStack(a, b, scale, present, ranks)
 
 
-def build_pool(infos: list[AdapterInfo], base: LlamaConfig, *, dtype=jnp.float32, mesh=None,
+def build_pool(infos: list[AdapterInfo], base: ModelConfig, *, dtype=jnp.float32, mesh=None,
                rules: ShardingRules | None = None) -> Pool:
     """Pass 2: the stacks of the kept adapters (modules = union of what they target, MODULES order)."""
     modules = [m for m in MODULES if any(info.rank(m) for info in infos)]
@@ -293,13 +294,13 @@ def build_pool(infos: list[AdapterInfo], base: LlamaConfig, *, dtype=jnp.float32
     return Pool(stacks, tuple(info.source for info in infos))
 
 
-def load_pool(sources, base_config: LlamaConfig, *, policy: FilterPolicy = FilterPolicy(), dtype=jnp.float32,
+def load_pool(sources, base_config: ModelConfig, *, policy: FilterPolicy = FilterPolicy(), dtype=jnp.float32,
               mesh=None, rules: ShardingRules | None = None, progress: bool = True, workers: int | None = None,
               cache_dir: str | None = None) -> tuple[Pool, Report]:
     """Load, validate and filter adapters into a stacked ``Pool`` (rows in source order) plus a ``Report``.
 
     sources: adapter folders, folders of adapter folders, text files of paths / hub ids, hub ids.
-    base_config: the base's ``LlamaConfig`` (shapes to check against). dtype: the stacks' dtype.
+    base_config: the base's ``ModelConfig`` (shapes to check against). dtype: the stacks' dtype.
     mesh / rules: place the stacks sharded like the base weights (``stack_logical_axes``).
     """
     infos, report = inspect_sources(sources, base_config, policy, progress=progress, workers=workers,

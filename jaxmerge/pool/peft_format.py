@@ -23,7 +23,7 @@ import re
 from typing import Any, Mapping
 
 from ..errors import UserError
-from ..config import ATTN_MODULES, MODULES
+from ..models.schema import BLOCK
 
 # init_lora_weights values whose initialisation rewrites the base weight (residual W − s·B₀A₀)
 ALTERED_BASE_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
@@ -155,17 +155,9 @@ def _pattern_value(patterns: Mapping[str, Any], name: str, default):
     return default
 
 
-def module_name(layer: int, module: str, bare: bool = False) -> str:
-    """The transformers module name PEFT matched: ``model.layers.{l}.{self_attn|mlp}.{module}``
-    (``layers...`` for an adapter trained on a bare ``LlamaModel``)."""
-    block = "self_attn" if module in ATTN_MODULES else "mlp"
-    return f"{'' if bare else 'model.'}layers.{layer}.{block}.{module}"
-
-
 # --- keys ---------------------------------------------------------------------------------------
 _LAYER_LORA = re.compile(r"^(?P<prefix>(?:base_model\.model\.)?(?:model\.)?)layers\.(?P<layer>\d+)\."
                          r"(?P<path>[\w.]+?)\.(?P<part>lora_A|lora_B)(?:\.(?P<name>[\w-]+))?\.weight$")
-_BLOCK = {m: ("self_attn" if m in ATTN_MODULES else "mlp") for m in MODULES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +186,7 @@ def parse_key(key: str) -> Key:
     if m:
         path = m["path"]
         block, _, module = path.rpartition(".")
-        if module not in _BLOCK or block != _BLOCK[module]:
+        if module not in BLOCK or block != BLOCK[module]:
             return Key("unknown_module", layer=int(m["layer"]), target=path)
         bare = m["prefix"] == "base_model.model."
         return Key("lora", int(m["layer"]), module, m["part"][-1], bare, path)

@@ -15,12 +15,15 @@ import os
 
 import numpy as np
 
+from ..models.schema import BLOCK, MODULES
 from ..safetensors_io import SafeFile
 from .peft_format import parse_key
 from .sources import expand_sources, is_shapes_file, resolve
 
-_ATTN = {"q_proj": "Q", "k_proj": "K", "v_proj": "V", "o_proj": "O"}
-_FFW = {"gate_proj": "Gate", "up_proj": "Up", "down_proj": "Down"}
+# the paper's labels: q_proj → "Q", gate_proj → "Gate"; grouped by the schema's block
+_LABEL = {m: m.removesuffix("_proj").capitalize() for m in MODULES}
+_ATTN = {m: _LABEL[m] for m in MODULES if BLOCK[m] == "self_attn"}
+_FFW = {m: _LABEL[m] for m in MODULES if BLOCK[m] == "mlp"}
 PERCENTILES = (25, 50, 75, 90, 95, 99)
 
 
