@@ -124,7 +124,8 @@ def load_inputs(args):
 
     world = None
     needs_pool = args.method not in ("zero-shot", "target-lora")
-    if args.base is None or (needs_pool and args.pool is None) or args.task is None:
+    world_task = args.task in world_kind(args.world).targets and not os.path.exists(args.task)
+    if args.base is None or (needs_pool and args.pool is None) or args.task is None or world_task:
         world = get_world(args.world, progress=not args.quiet)
     base_src = args.base or world.base_dir
     dtype = args.dtype or (world_kind(args.world).dtype if args.base is None else "bfloat16")

@@ -11,7 +11,7 @@ import jaxmerge
 from experiments import adaptive, sweep
 from experiments.world import small_world
 
-METHODS = adaptive.METHOD_NAMES
+METHODS = sorted(jaxmerge.adaptive.METHODS)
 RESULT_KEYS = ("method", "task", "k", "with_target_lora", "seed", "test_accuracy", "zero_shot_accuracy",
                "best_val_loss", "steps", "coefficients_path")
 
@@ -44,7 +44,7 @@ FAST = ["--world", "small", "--steps", "2", "--target-lora-steps", "2", "--k", "
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_through_the_cli(world, method, tmp_path, reference_dir):
+def test_every_method_through_the_cli(world, method, tmp_path, reference_dir, capsys):
     out = tmp_path / method
     args = ["--method", method, "--out", str(out), "--reference-dir", reference_dir, *FAST]
     if method in ("ours", "average"):
@@ -59,8 +59,10 @@ def test_every_method_through_the_cli(world, method, tmp_path, reference_dir):
         assert os.path.exists(r["coefficients_path"])
     if method in ("ours", "average"):
         assert r["with_target_lora"] is True and r["num_merged"] == 4  # target LoRA in slot 0
-    # Running again with the same --out returns the finished result instead of recomputing it.
+    # Running again with the same --out returns the finished result instead of recomputing it, and says so.
+    capsys.readouterr()
     assert adaptive.main(args) == 0
+    assert "reused the finished run in" in capsys.readouterr().out
     assert json.loads((out / "result.json").read_text())["test_accuracy"] == r["test_accuracy"]
 
 
