@@ -23,3 +23,16 @@ def test_bench_train_json(capsys):
     assert res["loss_max_abs_diff"] < 2e-5
     first, last = res["loss_first_last"]
     assert abs(first - last) > 1e-3  # the coefficients really trained (the agreement above is not vacuous)
+
+
+def test_bench_train_on_a_tied_embedding_base(tmp_path, capsys):
+    """SmolLM2 / Llama-3.2-style bases tie the LM head to the embedding: both sides must run on them."""
+    cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=96, hidden_size=32,
+               intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, max_position_embeddings=64)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rc = main(["bench", "train", "--json", "--base", str(tmp_path / "config.json"), "--k", "3", "--seq", "16",
+               "--steps", "1", "--warmup", "2", "--repeats", "1", "--no-scale-ranks"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["loss_first_step_abs_diff"] < 1e-5 and res["loss_max_abs_diff"] < 2e-5

@@ -163,6 +163,9 @@ def _torch_side(config, params, pool, batch, args):
     model = LlamaForCausalLM(hf).eval()
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in params_to_hf(params, config).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if config.tie_word_embeddings:  # the head is the embedding, loaded through it (no lm_head tensor exists)
+        model.tie_weights()
+        missing = [k for k in missing if k != "lm_head.weight"]
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise RuntimeError(f"torch reference: weights did not map (missing {missing}, unexpected {unexpected})")
     for p in model.parameters():
