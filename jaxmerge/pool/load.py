@@ -232,8 +232,10 @@ def inspect_sources(sources, base: ModelConfig, policy: FilterPolicy = FilterPol
     return kept, Report(rows)
 
 
-def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtype, shardings) -> ModuleStack:
-    L = base.num_hidden_layers
+def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtype, shardings,
+                  layers: range | None = None) -> ModuleStack:
+    layers = range(base.num_hidden_layers) if layers is None else layers
+    L = len(layers)
     out_dim, in_dim = base.module_shape(module)
     ranks = tuple(info.rank(module) for info in infos)
     offsets = np.concatenate([[0], np.cumsum(ranks)]).astype(np.int64)
@@ -253,7 +255,7 @@ def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtyp
             if not sel.any():
                 continue
             f, s0 = SafeFile(info.file), info.scale(module)
-            for li, layer in enumerate(idx[0]):
+            for li, layer in enumerate(layers[j] for j in idx[0]):
                 if layer not in per:
                     continue
                 ka, kb, r, s = per[layer]
@@ -271,15 +273,17 @@ def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtyp
     a = jax.make_array_from_callback((L, R, in_dim), shardings["a"]((L, R, in_dim)), lambda ix: fill(ix, "a"))
     b = jax.make_array_from_callback((L, out_dim, R), shardings["b"]((L, out_dim, R)), lambda ix: fill(ix, "b"))
     scale = np.asarray([info.scale(module) for info in infos], np.float32)
-    present = np.asarray([[l in info.layers.get(module, {}) for l in range(L)] for info in infos], bool)
+    present = np.asarray([[l in info.layers.get(module, {}) for l in layers] for info in infos], bool)
     scale = jax.device_put(scale, shardings["scale"](scale.shape))
     present = jax.device_put(present.reshape(len(infos), L), shardings["present"]((len(infos), L)))
     return ModuleStack(a, b, scale, present, ranks)
 
 
 def build_pool(infos: list[AdapterInfo], base: ModelConfig, *, dtype=jnp.float32, mesh=None,
-               rules: ShardingRules | None = None) -> Pool:
-    """Pass 2: the stacks of the kept adapters (modules = union of what they target, MODULES order)."""
+               rules: ShardingRules | None = None, layers: range | None = None) -> Pool:
+    """Pass 2: the stacks of the kept adapters (modules = union of what they target, MODULES order).
+    ``layers``: only this window of layers (the streaming merge); ranks stay the whole model's, so every
+    window has the same shapes."""
     modules = [m for m in MODULES if any(info.rank(m) for info in infos)]
     stacks = {}
     for m in modules:
@@ -290,7 +294,7 @@ def build_pool(infos: list[AdapterInfo], base: ModelConfig, *, dtype=jnp.float32
             rules_ = rules or ShardingRules()
             axes = stack_logical_axes(m)
             shard = {k: (lambda shape, ax=axes[k]: rules_.sharding(mesh, ax, shape)) for k in axes}
-        stacks[m] = _module_stack(infos, m, base, dtype, shard)
+        stacks[m] = _module_stack(infos, m, base, dtype, shard, layers)
     return Pool(stacks, tuple(info.source for info in infos))
 
 
