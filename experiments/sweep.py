@@ -95,7 +95,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
     from jaxmerge.adaptive.run import run_method
     from jaxmerge.distributed import maybe_initialize
     from jaxmerge.tasks import load_task
-    from tqdm.auto import tqdm
+    from jaxmerge.progress import bar as progress_bar
 
     maybe_initialize()
     os.makedirs(out, exist_ok=True)
@@ -108,7 +108,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
     b = jaxmerge.load_base(base or world.base_dir, dtype="float32" if base is None else "bfloat16")
     pool, report = jaxmerge.load_pool(pool_sources or world.pool_dirs, b.config, progress=progress)
     print(report.summary())
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="sweep", unit="run", disable=not progress)
+    bar = progress_bar(len(specs), "sweep", "run", enabled=progress, initial=len(specs) - len(todo))
     tasks = {}
     for spec in todo:
         if spec.task not in tasks:
@@ -141,7 +141,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run (or resume) a grid")
     r.add_argument("--grid", choices=("table2", "fig3"), required=True)
     r.add_argument("--tasks", nargs="+", help="default: the world's target tasks")
-    r.add_argument("--methods", nargs="+", choices=TABLE2_METHODS, help="table2 only (default: all)")
+    r.add_argument("--methods", nargs="+", help="table2 only (default: its eight, " + ", ".join(TABLE2_METHODS)
+                   + "); any named method or registered static merge (jaxmerge.adaptive.methods.method_names())")
     r.add_argument("--seeds", nargs="+", type=int, default=[0])
     r.add_argument("--base")
     r.add_argument("--pool", nargs="+")
@@ -160,6 +161,11 @@ def main(argv=None) -> int:
         for path in render(a.out, a.to or a.out, a.seeds):
             print(f"wrote {path}")
         return 0
+    if a.methods:
+        from jaxmerge.adaptive.methods import method_names
+        unknown = [m for m in a.methods if m not in TABLE2_METHODS and m not in method_names()]
+        if unknown:
+            p.error(f"--methods {' '.join(unknown)}: expected any of {', '.join(dict.fromkeys(TABLE2_METHODS + method_names()))}")
     tasks = a.tasks
     if tasks is None:
         from experiments.world import build_world

@@ -51,8 +51,8 @@ def search(objective: Callable[[np.ndarray], float], init: np.ndarray, tuning: T
     evals: list = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=tuning.budget, desc=desc, unit="eval", dynamic_ncols=True)
+        from ..progress import bar as make_bar
+        bar = make_bar(tuning.budget, desc, "eval")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's COBYLA parameter notices

@@ -30,11 +30,11 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..config import LlamaConfig
 from ..generate import generate
 from ..lora import Factored
+from ..progress import track
 from ..stacks import Pool
 from ..tasks.encode import encode, pad_id, token_logprobs
 from ..tasks.spec import normalize
@@ -140,7 +140,7 @@ def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping
     idx = np.arange(pool.num_adapters) if indices is None else np.asarray(indices, np.int64)
     out = {}
     batches = list(_batches(pool, idx, adapters_per_batch))
-    for real, padded in tqdm(batches, desc="score pool (loss)", unit="batch", disable=not progress):
+    for real, padded in track(batches, desc="score pool (loss)", unit="batch", enabled=progress):
         sums = _batch_nll_sums(params, stacks, gather_plan(pool, padded), ex["tokens"], ex["attention_mask"],
                                ex["loss_mask"], config, len(padded))
         out.update(zip(real.tolist(), np.asarray(sums, np.float64)[:len(real)] / count))
@@ -177,7 +177,7 @@ def pool_answers(params: Mapping, config: LlamaConfig, tokenizer, pool: Pool, ex
     idx = np.arange(pool.num_adapters) if indices is None else np.asarray(indices, np.int64)
     out = {}
     batches = list(_batches(pool, idx, adapters_per_batch))
-    for real, padded in tqdm(batches, desc="score pool (generate)", unit="batch", disable=not progress):
+    for real, padded in track(batches, desc="score pool (generate)", unit="batch", enabled=progress):
         adapters = _gather_jit(stacks, gather_plan(pool, padded))
         rows = []
         for tok, am in zip(ex["tokens"], ex["attention_mask"]):

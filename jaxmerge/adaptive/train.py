@@ -281,5 +281,5 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
 def _bar(progress: bool, total: int, initial: int, desc: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+    from ..progress import bar
+    return bar(total, desc, "step", initial=initial)
