@@ -38,24 +38,50 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_la
             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def hf_llama(path, seed=0, dtype=None, **overrides):
-    """Save a random transformers LlamaForCausalLM with TINY (+ overrides) to ``path``; return the model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Tiny configs of the other families (transformers' config kwargs): GQA, an explicit head_dim that is
+# not hidden/heads (Qwen3), q/k/v biases (Qwen2), a sliding window smaller than the test sequences.
+FAMILY_TINY = {
+    "llama": TINY,
+    "qwen3": dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=24, rms_norm_eps=1e-6, max_position_embeddings=256,
+                  rope_theta=1e6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "qwen2": dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=256, rope_theta=1e6,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "mistral": dict(vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=256,
+                    rope_theta=1e4, sliding_window=7, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=0),
+}
 
-    kw = dict(TINY)
+
+def hf_model(path, model_type="llama", seed=0, dtype=None, **overrides):
+    """Save a random transformers ``*ForCausalLM`` of ``model_type`` with FAMILY_TINY (+ overrides) to
+    ``path`` (eager attention); norms (q/k norms included) and biases are perturbed so that they matter.
+    Returns the model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(FAMILY_TINY[model_type])
     kw.update(overrides)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**kw)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms so that norm weights are exercised
+    cfg = AutoConfig.for_model(model_type, **kw)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():  # non-trivial norms and biases so that they are exercised
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(path)
     return model
+
+
+def hf_llama(path, seed=0, dtype=None, **overrides):
+    """Save a random transformers LlamaForCausalLM with TINY (+ overrides) to ``path``; return the model."""
+    return hf_model(path, "llama", seed, dtype, **overrides)
 
 
 def write_adapter(model, path, *, seed=0, dtype=None, bare=False, scale_b=0.5, **lora_kw):
@@ -184,13 +210,14 @@ def examples(n, seed):
     return out
 
 
-def make_setup(root: str):
-    """(Base, Pool, TaskData) from ``root`` (written on first call)."""
+def make_setup(root: str, tied: bool = False):
+    """(Base, Pool, TaskData) from ``root`` (written on first call); ``tied``: the LM head is the embedding."""
     import jaxmerge
     from jaxmerge.tasks import Task, TaskData
     base_dir = os.path.join(root, "base")
     if not os.path.exists(os.path.join(base_dir, "tokenizer_config.json")):
-        hf_llama(base_dir, vocab_size=len(SPECIALS) + len(WORDS), bos_token_id=2, eos_token_id=3, pad_token_id=0)
+        hf_llama(base_dir, vocab_size=len(SPECIALS) + len(WORDS), bos_token_id=2, eos_token_id=3, pad_token_id=0,
+                 tie_word_embeddings=tied)
         save_tokenizer(base_dir)
     base = jaxmerge.load_base(base_dir, dtype="float32")
     task = Task(name="toy-add", source="json:unused", max_new_tokens=3)
