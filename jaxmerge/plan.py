@@ -25,7 +25,8 @@ DEFAULT_MFU = 0.4
 
 def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: int, dtype):
     """Lower and compile the ``ours`` step (module-granularity leaky-ReLU coefficients, factored
-    application, AdamW, per-layer remat) on abstract inputs. Returns (compiled, padded abstract pool, mesh)."""
+    application, AdamW, per-layer remat) on abstract inputs, every weight sharded in strict mode
+    (``ShardingError`` rather than a replicated weight). Returns (compiled, padded abstract pool, mesh)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -41,7 +42,9 @@ def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: i
     if jax.device_count() < devices:
         raise RuntimeError(f"{devices} devices requested, {jax.device_count()} present")
     mesh = make_mesh(data=devices // tensor, tensor=tensor)
-    rules = ShardingRules(rank="data")  # fsdp-style: the stacks' rank rows are split over data too
+    rules = ShardingRules()
+    # fsdp-style: the stacks' rank rows are split over data (so their model dim is not: one mesh axis per array)
+    stack_rules = ShardingRules(rank="data", embed=None)
     params = abstract_params(config, dtype)
     pool = shp.abstract_pool(config, drawn, dtype)
     pool = Pool({m: pad_rows(st, mesh.shape["data"]) for m, st in pool.modules.items()}, pool.names)
@@ -58,12 +61,13 @@ def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: i
     placed = lambda tree, sh: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
     state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                          {"trainable": w, "opt": jax.eval_shape(opt.init, w)})
-    frozen = {"params": placed(params, param_shardings(config, params, mesh, rules)),
-              "pool": placed(pool, pool_shardings(pool, mesh, rules))}
-    tok_sh = NamedSharding(mesh, P(None, rules.batch if batch % mesh.shape["data"] == 0 else None))
+    # strict: a dimension the mesh cannot shard as the rules say is an error, never a silently replicated weight
+    frozen = {"params": placed(params, param_shardings(config, params, mesh, rules, strict=True)),
+              "pool": placed(pool, pool_shardings(pool, mesh, stack_rules, strict=True))}
+    tok_sh = rules.sharding(mesh, (None, "batch", None), (1, batch, seq), strict=True)
     mb = {k: jax.ShapeDtypeStruct((1, batch, seq), jnp.int32, sharding=tok_sh)
           for k in ("tokens", "attention_mask", "loss_mask")}
-    with mesh:
+    with jax.set_mesh(mesh):
         return step.lower(state, frozen, mb).compile(), pool, mesh
 
 

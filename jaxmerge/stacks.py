@@ -128,13 +128,12 @@ def stack_logical_axes(module: str) -> dict[str, tuple]:
             "present": ("adapters", "layers")}
 
 
-def pool_shardings(pool: Pool, mesh, rules=None) -> Pool:
-    """A Pool-shaped tree of NamedShardings for ``pool`` (arrays or ShapeDtypeStructs) on ``mesh``."""
-    from .sharding import ShardingRules
+def pool_shardings(pool: Pool, mesh, rules=None, strict: bool = False) -> Pool:
+    """A Pool-shaped tree of NamedShardings for ``pool`` (arrays or ShapeDtypeStructs) on ``mesh``;
+    ``strict`` raises one ``ShardingError`` listing every dimension that would be replicated."""
+    from .sharding import ShardingRules, strict_shardings
     rules = rules or ShardingRules()
-    out = {}
-    for m, s in pool.modules.items():
-        ax = stack_logical_axes(m)
-        out[m] = ModuleStack(*(rules.sharding(mesh, ax[f], getattr(s, f).shape) for f in ("a", "b", "scale", "present")),
-                             s.ranks)
-    return Pool(out, pool.names)
+    fields = ("a", "b", "scale", "present")
+    items = [(f"{m}.{f}", stack_logical_axes(m)[f], getattr(s, f).shape) for m, s in pool.modules.items() for f in fields]
+    flat = iter(strict_shardings(items, mesh, rules, strict))
+    return Pool({m: ModuleStack(*(next(flat) for _ in fields), s.ranks) for m, s in pool.modules.items()}, pool.names)

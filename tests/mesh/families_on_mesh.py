@@ -35,7 +35,7 @@ for path, adapter, ref_file in json.loads(sys.argv[1]):
     pool, _ = jaxmerge.load_pool([adapter], config, mesh=mesh, rules=rules, progress=False)
     adapters = pool.factored({m: jnp.ones((1, pool.num_layers)) for m in pool.modules})
     tok = ref["tokens"]
-    with mesh:
+    with jax.set_mesh(mesh):
         tok_sh = jax.device_put(tok, NamedSharding(mesh, rules.spec(("batch", None), tok.shape, mesh)))
         logits = np.asarray(fwd(sharded.params, tok_sh, config=config))
         lora = np.asarray(jax.jit(lambda p, t, a: jaxmerge.forward(p, t, config, adapters=a))(sharded.params, tok_sh,

@@ -32,7 +32,7 @@ shard_shape = q.addressable_shards[0].data.shape
 
 tok = np.random.RandomState(0).randint(3, 128, (4, 24))
 fwd = jax.jit(jaxmerge.forward, static_argnames="config")
-with mesh:
+with jax.set_mesh(mesh):
     tok_sh = jax.device_put(tok, NamedSharding(mesh, rules.spec(("batch", None), tok.shape, mesh)))
     a = np.asarray(fwd(sharded.params, tok_sh, config=sharded.config))
     ga = np.asarray(jaxmerge.generate(sharded.params, tok_sh, sharded.config, max_new_tokens=8, eos_token_id=[]))
