@@ -462,3 +462,26 @@ def use_hub_cache(monkeypatch, cache_dir) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_CACHE", os.fspath(cache_dir))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+
+# ------------------------------------------------------------------------ injected masks (merge oracles)
+def fixed_uniform(shape) -> np.ndarray:
+    """A fixed U[0, 1) float32 pattern of ``shape`` (an integer hash of the flat index; exact in NumPy, so
+    jaxmerge and torch see the same numbers): the noise both sides of a random-mask oracle share."""
+    x = np.arange(int(np.prod(shape)), dtype=np.uint32) * np.uint32(0x9E3779B1) + np.uint32(int(np.prod(shape)))
+    for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        x ^= x >> np.uint32(shift)
+        if mul is not None:
+            x *= np.uint32(mul)
+    return ((x >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
+
+
+def fixed_noise(key, shape):
+    """jaxmerge's ``noise`` argument for an injected mask (ignores the key)."""
+    return jnp.asarray(fixed_uniform(tuple(shape)))
+
+
+def fixed_bernoulli(p, *args, **kwargs):
+    """A drop-in for ``torch.bernoulli(p)`` that keeps entry i when fixed_uniform < p_i (the same mask)."""
+    import torch
+    return (torch.from_numpy(fixed_uniform(tuple(p.shape))) < p).to(p.dtype)

@@ -70,8 +70,8 @@ def test_method_end_to_end(name, setup, tmp_path):
             np.testing.assert_allclose(float(s / cnt), r["best_val_loss"], rtol=1e-5)
     # the frozen base is bit-identical afterwards
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), y), base.params, before)
-    # a finished run returns its result instead of running again
-    assert _run(name, setup, tmp_path / name) == r
+    # a finished run returns its result instead of running again, and says it was reused
+    assert _run(name, setup, tmp_path / name) == {**r, "reused": True}
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,13 @@ def test_with_target_lora_and_random_pool(setup, target_dir, tmp_path):
     r = _run("ours", setup, tmp_path / "o", with_target_lora=True, selection="random", target_lora=target_dir,
              random_pool=True)
     assert r["merged_names"][0].startswith("target:") and r["num_merged"] == 4 and r["random_pool"]
+
+
+@pytest.mark.parametrize("name", ["ours", "ties"])
+def test_methods_run_on_a_tied_embedding_base(name, tmp_path):
+    """SmolLM2 / Llama-3.2-style bases: no lm_head tensor; the head is the embedding."""
+    setup = make_setup(str(tmp_path / "tied"), tied=True)
+    base = setup[0]
+    assert base.config.tie_word_embeddings and "lm_head" not in base.params
+    r = _run(name, setup, tmp_path / name)
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and np.isfinite(r["best_val_loss"])
