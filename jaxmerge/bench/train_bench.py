@@ -211,7 +211,9 @@ def _torch_side(config, params, pool, batch, args):
 # --- the benchmark -------------------------------------------------------------------------------------
 def measure(args) -> dict:
     import jax
-    import torch
+
+    from ..errors import require
+    torch = require("torch", "jaxmerge bench train (its PyTorch reference)", '-e ".[test]"  (CPU torch: see README)')
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     config, where, params, pool, shapes, source, batch = _setup(args)
