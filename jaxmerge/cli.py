@@ -10,7 +10,7 @@ import sys
 
 # subcommand → module providing add_parser()
 SUBCOMMANDS = {
-    "merge": "jaxmerge.pool.cli",
+    "merge": "jaxmerge.merge.cli",
     "pool": "jaxmerge.pool.cli",
     "bench": "jaxmerge.bench.cli",
     "plan": "jaxmerge.plan",

@@ -86,21 +86,32 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: np.array(f[k]) for k in f.keys()}
 
 
+def encode_header(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+                  metadata: Mapping[str, str] | None = None) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The header bytes (length prefix included) of a file holding ``specs`` ``{key: (dtype, shape)}`` in
+    sorted key order, and each tensor's (start, end) byte range after the header — for writers that
+    stream the data in after it (``jaxmerge.pool.export``)."""
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset, ranges = 0, {}
+    for key in sorted(specs):
+        dtype, shape = np.dtype(specs[key][0]), tuple(specs[key][1])
+        if dtype not in NAMES:
+            raise SafetensorsError(f"cannot save {key!r} of dtype {dtype}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[key] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        ranges[key] = (offset, offset + nbytes)
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob, ranges
+
+
 def save(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
     """Write tensors atomically, in the format transformers / peft / vLLM read (``format: pt``)."""
     path = os.fspath(path)
-    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
-    offset, arrays = 0, []
-    for key in sorted(tensors):
-        a = np.ascontiguousarray(tensors[key])
-        if a.dtype not in NAMES:
-            raise SafetensorsError(f"cannot save {key!r} of dtype {a.dtype}")
-        header[key] = {"dtype": NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        arrays.append(a)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    arrays = {k: np.ascontiguousarray(tensors[k]) for k in tensors}
+    head, _ = encode_header({k: (a.dtype, a.shape) for k, a in arrays.items()}, metadata)
     with atomic_file(path) as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for a in arrays:
-            f.write(a.reshape(-1).view(np.uint8))  # no bytes copy of the array
+        f.write(head)
+        for k in sorted(arrays):
+            f.write(arrays[k].reshape(-1).view(np.uint8))  # no bytes copy of the array

@@ -20,6 +20,7 @@ import torch
 from peft.utils import merge_utils as mu
 
 from jaxmerge import merge
+from jaxmerge.merge import registry
 from jaxmerge.stacks import ModuleStack
 
 from helpers import hf_llama
@@ -340,8 +341,15 @@ def test_merge_pool_streaming_and_errors(pool_factors):
     assert_close(merge.average_chunks(iter(chunks), n), merge.average(stack))
     with pytest.raises(ValueError, match="num_adapters"):
         merge.average_chunks(iter(chunks[:2]), n)
-    for bad, match in ((dict(method="ties"), "density"), (dict(method="avg"), "expected one of"),
-                       (dict(method="average", weights=w), "no weights"), (dict(method="linear", weights=w[:2]), "entries"),
-                       (dict(method="ties", density=0.5, sign="max"), "sign"), (dict(method="tsv", tsv_k=0), "tsv_k")):
-        with pytest.raises(ValueError, match=match):
+    # the recipe's defaults, and every bad request named (a MergeMethodError: one line at the CLI)
+    assert_close(merge.merge_pool(pool, "ties")["q_proj"], merge.ties(stack, jnp.ones(n), 0.8, "total"))
+    for bad, match in ((dict(method="avg"), "unknown merge method 'avg': expected one of average, breadcrumbs"),
+                       (dict(method="average", weights=w), "takes no weights"),
+                       (dict(method="linear", weights=w[:2]), "2 weights for 6 adapters"),
+                       (dict(method="ties", density=0.5, sign="max"), "sign='max': expected one of total, frequency"),
+                       (dict(method="ties", density=1.5), "density=1.5: must be ≤ 1"),
+                       (dict(method="tsv", tsv_k=0), "tsv_k=0: must be ≥ 1"),
+                       (dict(method="ties", tsv_k=3), "'ties' does not take tsv_k \\(it takes density, sign\\)"),
+                       (dict(method="dare_linear"), "'dare_linear' needs density")):
+        with pytest.raises(registry.MergeMethodError, match=match):
             merge.merge_pool(pool, **bad)

@@ -99,7 +99,8 @@ def test_merge_nothing_kept_fails_clearly(setup, tmp_path, capsys):
     assert main(["merge", "--base", str(root / "base"), "--adapters", str(root / "only_bad"),
                  "--out", str(out)]) != 0
     assert "no adapter was kept" in capsys.readouterr().err
-    assert not json.loads((out / "report.json").read_text())["adapters"][0]["kept"]
+    assert not out.exists()  # no result under the requested name; the report is beside it
+    assert not json.loads((tmp_path / ".partial-none" / "report.json").read_text())["adapters"][0]["kept"]
 
 
 def test_pool_stats_and_filter(setup, tmp_path, capsys):

@@ -14,7 +14,8 @@ import jaxmerge
 from helpers import hf_llama
 from jaxmerge.lora import Dense, Factored
 from jaxmerge.pool import load_pool
-from jaxmerge.pool.cli import merge_deltas
+from jaxmerge.merge import registry
+from jaxmerge.merge.static import factored_window
 from jaxmerge.pool.export import export_model, export_peft, truncate_factored
 from helpers import write_adapter
 
@@ -32,7 +33,8 @@ def merged(tmp_path_factory):
     base = jaxmerge.load_base(str(root / "base"), dtype="float32")
     pool, report = load_pool([root / "ads"], base.config, progress=False)
     assert pool.num_adapters == 3, report.summary()
-    factored = merge_deltas(pool, "linear", weights=[0.5, -1.0, 2.0], factored=True)
+    w = registry.resolve_weights("linear", 3, pool.num_layers, [0.5, -1.0, 2.0])
+    factored = {m: factored_window(s, registry.get("linear"), None, w) for m, s in pool.modules.items()}
     dense = {m: f.dense() for m, f in factored.items()}
     tokens = np.random.default_rng(1).integers(3, 128, (2, 16))
     ours = np.asarray(jaxmerge.forward(base.params, jnp.asarray(tokens), base.config,
@@ -68,7 +70,7 @@ def test_exact_peft_export_loads_in_peft(merged, tmp_path):
     export_peft(factored, base.config, str(tmp_path / "peft"))
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     total = max(f.a.shape[1] for f in factored.values())
-    assert cfg["r"] == cfg["lora_alpha"] == total and cfg["target_modules"] == list(factored)
+    assert cfg["r"] == cfg["lora_alpha"] == total and cfg["target_modules"] == sorted(factored)
     np.testing.assert_allclose(_peft_logits(root, tmp_path / "peft", tokens), ours, **TOL)
 
 

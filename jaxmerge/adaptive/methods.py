@@ -17,6 +17,9 @@
 the rank/alpha of the target LoRA recipe (64/16), on the pool's module types. lorahub-grad's
 learning rate is not given by the paper; it reuses 5e-2 from the other gradient methods.
 
+Every other static merge of the registry (``jaxmerge.merge.registry``: ``dare_ties``, ``della``, …) is a
+point too, by its registry name: random 30, its recipe parameters and weights (``method_names()``).
+
 ``method(name, **overrides)`` returns the named point with fields replaced; ``k`` and
 ``selection_kind`` are shorthands for the selection's fields, and overrides naming a
 ``Tuning`` field (``lr``, ``steps``, …) replace inside the tuning.
@@ -44,9 +47,9 @@ METHODS: dict[str, Method] = {
     "average": Method("average", Selection("random", 30), "model", "linear", Tuning("none"), Init("one_over_k"),
                       static=StaticMerge("average")),
     "ties": Method("ties", Selection("random", 30), "model", "linear", Tuning("none"), Init("one_over_k"),
-                   static=StaticMerge("ties", density=0.8, sign="total", weight=1.0)),
+                   static=StaticMerge.of("ties", weight=1.0, density=0.8, sign="total")),
     "tsv": Method("tsv", Selection("random", 30), "model", "linear", Tuning("none"), Init("one_over_k"),
-                  static=StaticMerge("tsv", tsv_k=8, weight=None)),
+                  static=StaticMerge.of("tsv", weight=None, tsv_k=8)),
     "target-lora": Method("target-lora", Selection("random", None), "model", "linear",
                           Tuning("lora", lr=3e-4, steps=400), Init("zero"),
                           lora=LoraSpec(rank=64, alpha=16.0, modules=None, a_init="kaiming")),
@@ -56,20 +59,44 @@ METHODS: dict[str, Method] = {
 _TUNING_FIELDS = {f.name for f in dataclasses.fields(Tuning)}
 
 
+def _static_point(name: str, params: dict) -> Method:
+    """A registered static merge as a method: random 30 LoRAs, its parameters (recipe defaults unless
+    given) and its weight rule."""
+    return Method(name, Selection("random", 30), "model", "linear", Tuning("none"), Init("one_over_k"),
+                  static=StaticMerge.of(name, **params))
+
+
+def method_names() -> tuple[str, ...]:
+    """The paper's named methods, then every other registered static merge."""
+    from ..merge import registry
+    return tuple(METHODS) + tuple(n for n in registry.names() if n not in METHODS)
+
+
 def method(name: str | Method, **overrides) -> Method:
     """The named method (or a given ``Method``) with ``overrides`` applied (``dataclasses.replace``).
 
     Shorthands: ``k=``, ``selection_kind=`` (selection fields); any ``Tuning`` field (``lr``,
-    ``steps``, ``budget``, …); ``None`` values are ignored so CLI defaults can pass through.
+    ``steps``, ``budget``, …); a static merge's parameters (``density=``, ``tsv_k=``, …, checked by the
+    registry); ``None`` values are ignored so CLI defaults can pass through.
     """
+    from ..merge import registry
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    static_name = name.static.kind if isinstance(name, Method) and name.static else name
+    merge_params = {}
+    if static_name in registry.names():
+        merge_params = {k: overrides.pop(k) for k in registry.all_params() if k in overrides}
     if isinstance(name, Method):
         m = name
+    elif name in METHODS:
+        m = METHODS[name]
+    elif name in method_names():
+        m = _static_point(name, merge_params)
+        merge_params = {}
     else:
-        try:
-            m = METHODS[name]
-        except KeyError:
-            raise ValueError(f"unknown method {name!r}: expected one of {sorted(METHODS)}") from None
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(method_names())}")
+    if merge_params:
+        given = {**dataclasses.asdict(m.static.params), **merge_params}
+        overrides["static"] = StaticMerge.of(m.static.kind, m.static.weight, **given)
     sel = {}
     if "k" in overrides:
         sel["k"] = overrides.pop("k")

@@ -185,15 +185,12 @@ def _train_lora(m: Method, base, train_b, val_b, key, out_dir, mesh, progress):
 def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir, mesh, progress):
     """Tune (or statically merge) ``merged``; (adapters of the best state, history, result fields, arrays)."""
     if m.static is not None:
-        from ..merge import merge_pool
+        from ..merge import merge_pool, registry
         st, n = m.static, merged.num_adapters
-        w = jnp.full((n,), st.weight if st.weight is not None else 1.0 / n, jnp.float32)
-        if st.kind == "average":
-            deltas = merge_pool(merged, "average")
-        elif st.kind == "ties":
-            deltas = merge_pool(merged, "ties", weights=w, density=st.density, sign=st.sign)
-        else:
-            deltas = merge_pool(merged, "tsv", weights=w, tsv_k=st.tsv_k)
+        w = registry.resolve_weights(st.kind, n, merged.num_layers, None if st.weight is None else [st.weight] * n)
+        deltas = merge_pool(merged, st.kind, weights=w if registry.takes_weights(st.kind) else None,
+                            params=st.params, key=keys["init"])
+        w = jnp.asarray(w[:, 0])
         adapters = {mod: Dense(d) for mod, d in deltas.items()}
         val = _loss(frozen["params"], adapters, val_b, config)
         return adapters, [], {"best_val_loss": val, "steps": 0}, {"weights": w}

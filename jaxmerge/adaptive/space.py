@@ -25,7 +25,6 @@ from ..merge.coefficients import ACTIVATIONS, GRANULARITIES, coefficient_shape
 SELECTIONS = ("random", "evaluation", "cosine", "clamp", "abs", "quasi_fim")
 TUNINGS = ("gradient", "gradient_free", "joint", "none", "lora")
 INITS = ("zero", "one_over_k", "uniform")
-STATIC_MERGES = ("average", "ties", "tsv")
 APPLICATIONS = ("auto", "factored", "dense")
 
 
@@ -111,17 +110,30 @@ class LoraSpec:
 
 @dataclasses.dataclass(frozen=True)
 class StaticMerge:
-    """Non-adaptive merges (``jaxmerge.merge.merge_pool``): ``average`` (1/k each), ``ties``
-    (density = 1 − p, sign election, per-adapter weight), ``tsv`` (top-``tsv_k`` triplets, weight)."""
+    """A non-adaptive merge of the selected LoRAs, read from the registry (``jaxmerge.merge.registry``):
+    ``kind`` a registered method, ``params`` its frozen parameters (None: the method's recipe defaults,
+    e.g. TIES density 0.8), ``weight`` every adapter's weight (None: the method's rule — 1/k for
+    ``average`` and ``tsv``, 1 for ``ties``). ``StaticMerge.of("ties", weight=1.0, density=0.6)`` names
+    parameters directly."""
     kind: str = "average"
-    density: float = 0.8
-    sign: str = "total"
-    weight: float | None = None  # None: 1/k
-    tsv_k: int = 8
+    params: Any = None
+    weight: float | None = None
 
     def __post_init__(self):
-        if self.kind not in STATIC_MERGES:
-            raise ValueError(f"static merge {self.kind!r}: expected one of {STATIC_MERGES}")
+        from ..merge import registry
+        method = registry.get(self.kind)
+        if self.params is None:
+            object.__setattr__(self, "params", registry.make_params(self.kind))
+        elif not isinstance(self.params, method.params):
+            raise registry.MergeMethodError(f"static merge {self.kind!r}: params of type "
+                                            f"{type(self.params).__name__}, expected {method.params.__name__}")
+        if self.weight is not None and not registry.takes_weights(self.kind):
+            raise registry.MergeMethodError(f"static merge {self.kind!r} takes no weight (it weighs every LoRA 1/k)")
+
+    @classmethod
+    def of(cls, kind: str, weight: float | None = None, **params) -> "StaticMerge":
+        from ..merge import registry
+        return cls(kind, registry.make_params(kind, **params), weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +153,7 @@ class Method:
     with_target_lora: bool = False
     random_pool: bool = False
     fresh_lora: LoraSpec | None = None      # π-tuning's extra LoRA (appended as the last adapter)
-    static: StaticMerge | None = None        # average / ties / tsv
+    static: StaticMerge | None = None        # a registered static merge (average, ties, tsv, …)
     lora: LoraSpec | None = None             # target-lora: the LoRA to train
     application: str = "auto"
 

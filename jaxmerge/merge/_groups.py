@@ -89,17 +89,25 @@ def weighted_groups(stack: ModuleStack, weights) -> list[tuple]:
     return out
 
 
-def scan_layers(stack: ModuleStack, weights, layer_fn) -> jax.Array:
-    """``layer_fn([(a [g, r, in], b [g, out, r], s [g], w [g]) per rank group]) -> [out, in]`` scanned
-    over layers, so only one layer's working set is ever live → ``[L, out, in]`` in the stack's dtype
-    (zeros when no adapter targets the module)."""
+def scan_layers(stack: ModuleStack, weights, layer_fn, layers=None) -> jax.Array:
+    """``layer_fn(groups, layer) -> [out, in]`` scanned over layers, so only one layer's working set is
+    ever live → ``[L, out, in]`` in the stack's dtype (zeros when no adapter targets the module).
+
+    ``groups``: per rank group ``(a [g, r, in], b [g, out, r], s [g], w [g], idx [g])`` with ``idx`` the
+    adapters' indices in the stack (for per-adapter random keys); ``layer``: the layer's index in the
+    whole model (``layers [L]``, default ``0..L-1``; a layer window passes its own, so that keys drawn
+    per layer do not depend on the window)."""
     L, o, d = stack.a.shape[0], stack.b.shape[1], stack.a.shape[2]
     groups = weighted_groups(stack, weights)
     if not groups:
         return jnp.zeros((L, o, d), stack.a.dtype)
     scales = [s for _, _, s, _ in groups]
+    idx = [jnp.asarray(g.adapters, jnp.int32) for g in rank_groups(stack)]
+    layers = jnp.arange(L, dtype=jnp.int32) if layers is None else jnp.asarray(layers, jnp.int32)
 
-    def body(_, per_layer):
-        return None, layer_fn([(a, b, s, w) for (a, b, w), s in zip(per_layer, scales)]).astype(stack.a.dtype)
+    def body(_, x):
+        per_layer, layer = x
+        per = [(a, b, s, w, i) for (a, b, w), s, i in zip(per_layer, scales, idx)]
+        return None, layer_fn(per, layer).astype(stack.a.dtype)
 
-    return jax.lax.scan(body, None, [(a, b, w) for a, b, _, w in groups])[1]
+    return jax.lax.scan(body, None, ([(a, b, w) for a, b, _, w in groups], layers))[1]

@@ -1,13 +1,14 @@
-"""Non-adaptive merges of a whole pool, module by module: ``merge_pool`` (all layers at once) and
-``iter_merge_pool`` (a window of layers at a time, for writing a merged model without holding every
-layer's dense deltas).
+"""Static merges of a whole pool through the registry: ``merge_pool`` (all layers at once),
+``iter_merge_pool`` (a window of layers at a time) and ``merge_window`` (one window of a stack that may
+itself be just that window, as the streaming export reads it from disk).
 
-Methods and their defaults (paper §5 / Appendix D):
+    merge_pool(pool, "ties")                              # the recipe: density 0.8, sign total, weight 1
+    merge_pool(pool, "ties", weights=w, density=0.6)      # parameters by name, checked by the registry
+    merge_pool(pool, "dare_linear", density=0.5, key=jax.random.key(1))
 
-    average   Σ_i (1/N)·s_i·B_i·A_i                     (weights must be None)
-    linear    Σ_i w_i·s_i·B_i·A_i                        (weights default 1: task arithmetic)
-    ties      PEFT's TIES, ``density`` = 1 − p required  (weights default 1; ``sign`` total|frequency)
-    tsv       top-``tsv_k`` triplets, polar-orthogonal    (weights default 1/N, the paper's 1/30 at k = 30)
+Methods, their parameters and weight defaults: ``jaxmerge.merge.registry`` (``registry.names()``).
+Methods that draw masks fold the module's index in ``MODULES`` into ``key`` (then the layer and the
+adapter), so every window and every module draws its own masks, the same in any window size.
 """
 
 from __future__ import annotations
@@ -17,69 +18,63 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 
-from ..stacks import Pool
+from ..config import MODULES
+from ..lora import Factored
+from ..stacks import ModuleStack, Pool
+from . import registry
 from ._groups import layer_window
-from .linear import average, linear
-from .ties import SIGN_METHODS, ties
-from .tsv import tsv
-
-METHODS = ("average", "linear", "ties", "tsv")
+from .sparse import uniform_noise
 
 
-def _check(pool: Pool, method: str, weights, density, sign, tsv_k):
-    if method not in METHODS:
-        raise ValueError(f"merge method {method!r}: expected one of {METHODS}")
-    if method == "average" and weights is not None:
-        raise ValueError("method 'average' takes no weights (use 'linear')")
-    if method == "ties":
-        if density is None:
-            raise ValueError("method 'ties' needs density (the fraction kept, 1 − p)")
-        if not 0.0 <= density <= 1.0:
-            raise ValueError(f"ties density must be in [0, 1], got {density}")
-        if sign not in SIGN_METHODS:
-            raise ValueError(f"ties sign {sign!r}: expected one of {SIGN_METHODS}")
-    elif density is not None:
-        raise ValueError(f"density applies to 'ties' only, not {method!r}")
-    if method == "tsv" and (not isinstance(tsv_k, int) or tsv_k < 1):
-        raise ValueError(f"tsv_k must be a positive int, got {tsv_k!r}")
-    if weights is not None:
-        w = jnp.asarray(weights)
-        if w.shape[0] != pool.num_adapters:
-            raise ValueError(f"weights have {w.shape[0]} entries for {pool.num_adapters} adapters")
+def method_and_params(method: str, params=None, **given):
+    """(``MergeMethod``, params dataclass) from a name and either a params object or parameters by name."""
+    m = registry.get(method)
+    if params is None:
+        return m, registry.make_params(method, **given)
+    if given:
+        raise registry.MergeMethodError(f"pass either params= or parameters by name, not both ({sorted(given)})")
+    if not isinstance(params, m.params):
+        raise registry.MergeMethodError(f"params of type {type(params).__name__} for method {method!r} "
+                                        f"(expects {m.params.__name__})")
+    return m, params
 
 
-def _merge_stack(stack, method, weights, density, sign, tsv_k):
-    n = stack.num_adapters
-    if method == "average":
-        return average(stack)
-    if method == "linear":
-        return linear(stack, jnp.ones((n,), jnp.float32) if weights is None else weights)
-    if method == "ties":
-        return ties(stack, jnp.ones((n,), jnp.float32) if weights is None else weights, float(density), sign)
-    return tsv(stack, tsv_k, weights)
+def module_key(key: jax.Array | None, module: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(0) if key is None else key, MODULES.index(module))
 
 
-def merge_pool(pool: Pool, method: str, *, weights=None, density: float | None = None, sign: str = "total",
-               tsv_k: int = 8) -> dict[str, jax.Array]:
+def merge_window(stack: ModuleStack, module: str, method: registry.MergeMethod, params, weights, start: int, *,
+                 key=None, noise=uniform_noise) -> jax.Array:
+    """ΔW ``[n, out, in]`` of a stack holding layers ``start .. start+n-1`` (weights ``[N, n]``)."""
+    layers = jnp.arange(start, start + stack.a.shape[0], dtype=jnp.int32)
+    return method.merge(stack, jnp.asarray(weights, jnp.float32), params, key=module_key(key, module),
+                        layers=layers, noise=noise)
+
+
+def factored_window(stack: ModuleStack, method: registry.MergeMethod, params, weights) -> Factored | None:
+    """The exact factored form of the merge (``None`` if the method has none)."""
+    return None if method.factored is None else method.factored(stack, jnp.asarray(weights, jnp.float32), params)
+
+
+def merge_pool(pool: Pool, method: str, *, weights=None, params=None, key=None, noise=uniform_noise,
+               **given) -> dict[str, jax.Array]:
     """Merge every module type of the pool: ``{module: ΔW [L, out, in]}``.
 
-    ``weights``: ``[N]`` (or ``[N, L]``) per-adapter weights; see the module docstring for defaults.
-    """
-    _check(pool, method, weights, density, sign, tsv_k)
-    return {m: _merge_stack(s, method, weights, density, sign, tsv_k) for m, s in pool.modules.items()}
+    ``weights``: ``[N]`` or ``[N, L]`` (default: the method's rule); ``params`` or parameters by name
+    (default: the method's recipe); ``key``: for methods that draw masks (default ``jax.random.key(0)``)."""
+    m, p = method_and_params(method, params, **given)
+    w = registry.resolve_weights(method, pool.num_adapters, pool.num_layers, weights)
+    return {mod: merge_window(s, mod, m, p, w, 0, key=key, noise=noise) for mod, s in pool.modules.items()}
 
 
-def iter_merge_pool(pool: Pool, method: str, *, weights=None, density: float | None = None, sign: str = "total",
-                    tsv_k: int = 8, layers_per_step: int = 1) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+def iter_merge_pool(pool: Pool, method: str, *, weights=None, params=None, key=None, noise=uniform_noise,
+                    layers_per_step: int = 1, **given) -> Iterator[tuple[int, dict[str, jax.Array]]]:
     """Like ``merge_pool`` but yields ``(first_layer, {module: ΔW [n, out, in]})`` for windows of
-    ``layers_per_step`` layers, so only one window's dense deltas need exist at a time. Per-layer
-    weights ``[N, L]`` are windowed too."""
-    _check(pool, method, weights, density, sign, tsv_k)
+    ``layers_per_step`` layers, so only one window's dense deltas need exist at a time."""
+    m, p = method_and_params(method, params, **given)
     L = pool.num_layers
+    w = registry.resolve_weights(method, pool.num_adapters, L, weights)
     for start in range(0, L, layers_per_step):
         size = min(layers_per_step, L - start)
-        w = weights
-        if w is not None and jnp.ndim(w) == 2:
-            w = jnp.asarray(w)[:, start:start + size]
-        yield start, {m: _merge_stack(layer_window(s, start, size), method, w, density, sign, tsv_k)
-                      for m, s in pool.modules.items()}
+        yield start, {mod: merge_window(layer_window(s, start, size), mod, m, p, w[:, start:start + size], start,
+                                        key=key, noise=noise) for mod, s in pool.modules.items()}

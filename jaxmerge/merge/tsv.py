@@ -117,8 +117,8 @@ def tsv(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None) -> jax
     """TSV merge ``[L, out, in]``: top-k triplets per adapter, weighted singular values (``weights``
     ``[N]`` or ``[N, L]``; default 1/N each), polar-orthogonalised stacked U and V. Layers are
     scanned, so on a mesh only one layer's factors are ever gathered for the QR."""
-    def layer(groups):
-        u, sv, v = _triplets(groups, k)
+    def layer(groups, _):
+        u, sv, v = _triplets([(a, b, s, w) for a, b, s, w, _ in groups], k)
         return jnp.einsum("ok,k,dk->od", polar(u), sv, polar(v))
 
     return scan_layers(stack, weights, layer)

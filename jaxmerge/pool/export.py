@@ -1,45 +1,224 @@
-"""Export a merge: a folded Hugging Face checkpoint, or a portable PEFT adapter.
+"""Export a merge: a folded Hugging Face checkpoint, or a portable PEFT adapter — written tensor by
+tensor into planned safetensors files, so that nothing holds a whole model.
 
-``export_model`` writes base weights + ΔW in transformers' format (safetensors shards + index when
-large), with ``config.json``, generation config and tokenizer files copied from the base folder.
+A ``Plan`` lists every output tensor (key, dtype, shape) in the order it is produced and cuts it into
+shards of at most ``shard_bytes`` (transformers' ``model-0000i-of-0000n.safetensors`` names, or one
+``model.safetensors``). Each shard's header is known up front, so ``StreamWriter`` writes every tensor
+straight to its offset; ``checkpoint()`` fsyncs and records the keys done in ``progress.json``; a shard
+is renamed to its final name when complete. Reopened on the same plan and fingerprint (``job.json``)
+after a kill, the writer keeps what was recorded and the rest is written again — so the streaming merge
+(``jaxmerge.merge.stream``) resumes at layer granularity; with another fingerprint it starts over.
 
-``export_peft`` writes an adapter every consumer loads: one uniform rank r, ``lora_alpha = r`` (scale
-1, the merge's scale folded into B), an explicit ``target_modules`` list, every layer present, no
-rank/alpha patterns — within vLLM's constraints (r ≤ 512) and TGI's (no module type missing a layer).
-With ``lora_alpha=`` it writes a trained LoRA's own factors and alpha unchanged instead.
+``export_model`` / ``export_peft`` are the in-memory entry points (deltas already computed):
 
-* exact (``rank=None``): factored input keeps its concatenated rows (B·diag(m), A); dense input is
-  factored by SVD at its numerical rank (singular values above 1e-6·σ_max of that module).
-* truncated (``rank=k``): the best rank-k approximation. From factors it needs no dense out×in SVD:
-  B·diag(m) = Q_b R_b, Aᵀ = Q_a R_a, SVD of the R×R core R_b R_aᵀ = U S Vᵀ, so
-  ΔW = (Q_b U) S (Q_a V)ᵀ; the top k are split √S to each side. Only when R ≥ min(out, in) is the
-  dense SVD cheaper, and taken.
+* ``export_model``: base weights + ΔW (float32 sum, cast to the checkpoint's dtype), every other tensor
+  of the base as it is, config / generation config / tokenizer files copied.
+* ``export_peft``: one uniform rank r, ``lora_alpha = r`` (scale folded into B), explicit target list,
+  every layer present — what vLLM (r ≤ 512) and TGI load; the config through ``jaxmerge.pool.peft_write``.
+  Exact (``rank=None``): factored input keeps its concatenated rows; dense input is factored by SVD at
+  its numerical rank. Truncated (``rank=k``): the best rank-k approximation; from factors without a
+  dense out×in SVD (QR of B·diag(m) and Aᵀ, SVD of the R×R core, √S to each side) unless R ≥ min(out, in).
+  With ``lora_alpha=`` a trained LoRA's own factors and alpha are written unchanged instead.
 
 Einsum letters: l layers, o out, d in, r / k rank rows.
 """
 
 from __future__ import annotations
 
-import glob
+import dataclasses
 import json
 import os
 import shutil
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import ATTN_MODULES, MODULES, LlamaConfig
+from ..atomic import partial_dir, publish, read_json, write_json
+from ..config import MODULES, ModelConfig
+from ..errors import UserError
+from ..hf_write import SHARD_BYTES
 from ..lora import Dense, Factored
-from ..params import Base, params_to_hf
-from ..safetensors_io import SafeFile, save
 from ..merge.tsv import factor_svd, svd_each
+from ..models.schema import module_path
+from ..params import Base, hf_key, params_to_hf
+from ..safetensors_io import SafeFile, encode_header
+from .peft_write import lora_config, lora_key
 
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "tokenizer.model", "chat_template.jinja")
-SHARD_BYTES = 4 << 30
 NUMERICAL_RANK_RTOL = 1e-6
+INDEX = "model.safetensors.index.json"
+
+
+def weight_key(module: str, layer: int) -> str:
+    """transformers' key of a projection's weight in one layer."""
+    return hf_key(module_path(module), layer)
+
+
+class Checkpoint:
+    """The safetensors tensors of a checkpoint folder by key (index or single file). ``ckpt[key]`` maps
+    the tensor from a file opened for that call alone, so its pages are unmapped once the array is
+    dropped: reading a whole checkpoint tensor by tensor keeps one tensor resident, not the files."""
+
+    def __init__(self, folder: str):
+        index = os.path.join(folder, INDEX)
+        if os.path.exists(index):
+            files = dict.fromkeys(read_json(index)["weight_map"].values())
+        elif os.path.exists(os.path.join(folder, "model.safetensors")):
+            files = {"model.safetensors": None}
+        else:
+            raise UserError(f"{folder}: no model.safetensors or {INDEX} (safetensors checkpoints only)")
+        self.files = {}
+        for name in files:
+            f = SafeFile(os.path.join(folder, name))
+            self.files.update({k: f for k in f.keys()})
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def spec(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        return self.files[key].dtype(key), self.files[key].shape(key)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return SafeFile(self.files[key].path)[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Output tensors ``entries [(key, dtype, shape)]`` in production order, cut into ``shards``
+    ``[(file name, keys)]``."""
+    entries: tuple
+    shards: tuple
+
+    @staticmethod
+    def make(entries: Iterable[tuple[str, np.dtype, tuple]], shard_bytes: int = SHARD_BYTES,
+             single: str | None = None) -> "Plan":
+        """Shards filled in order up to ``shard_bytes``; ``single``: one file of that name, never sharded."""
+        entries = tuple((k, np.dtype(d), tuple(int(x) for x in s)) for k, d, s in entries)
+        groups, size = [[]], 0
+        for k, d, s in entries:
+            nbytes = int(np.prod(s, dtype=np.int64)) * d.itemsize
+            if single is None and groups[-1] and size + nbytes > shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(k)
+            size += nbytes
+        n = len(groups)
+        names = [single or "model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                                                  for i in range(n)]
+        return Plan(entries, tuple(zip(names, map(tuple, groups))))
+
+
+class StreamWriter:
+    """Writes a ``Plan`` into ``folder``, any tensor at any time, resumable (see the module docstring)."""
+
+    def __init__(self, folder: str, plan: Plan, fingerprint: Mapping | None):
+        """``fingerprint``: what determines the output (JSON); None never resumes (in-memory exports)."""
+        self.folder, self.plan = folder, plan
+        self._specs = specs = {k: (d, s) for k, d, s in plan.entries}
+        self._shard = {}
+        self._heads = {}
+        for name, keys in plan.shards:
+            head, ranges = encode_header({k: specs[k] for k in keys})
+            self._heads[name] = (head, len(head) + (max(e for _, e in ranges.values()) if ranges else 0))
+            self._shard.update({k: (name, len(head) + lo, hi - lo) for k, (lo, hi) in ranges.items()})
+        job = {"fingerprint": fingerprint, "plan": [list(s) for s in plan.shards]}
+        jpath, ppath = os.path.join(folder, "job.json"), os.path.join(folder, "progress.json")
+        same = fingerprint is not None and read_json(jpath) == json.loads(json.dumps(job))
+        self.done = set(read_json(ppath, {}).get("done", [])) if same else set()
+        self.resumed = bool(self.done)
+        if not same:
+            for entry in os.listdir(folder):
+                p = os.path.join(folder, entry)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+            write_json(jpath, job)
+        self._open = {}
+
+    def _path(self, name: str, final: bool) -> str:
+        return os.path.join(self.folder, name if final else f".{name}.partial")
+
+    def _file(self, name: str):
+        if name not in self._open:
+            path = self._path(name, False)
+            head, size = self._heads[name]
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(head)
+                    f.truncate(size)
+            f = open(path, "r+b")
+            if f.read(len(head)) != head:
+                raise UserError(f"{path}: its header does not match the plan; delete {self.folder} and rerun")
+            self._open[name] = f
+        return self._open[name]
+
+    def is_done(self, key: str) -> bool:
+        return key in self.done
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        """Write one tensor (any float dtype, a memory map included), cast to the plan's dtype in row blocks
+        of ≤ 64 MiB (so a pass-through copy never holds the whole tensor)."""
+        name, offset, _ = self._shard[key]
+        if os.path.exists(self._path(name, True)):
+            self.done.add(key)
+            return  # its shard is complete already
+        dtype, shape = self._specs[key]
+        a = np.asarray(array)
+        if a.shape != shape:
+            raise ValueError(f"{key}: got shape {list(a.shape)}, the plan says {list(shape)}")
+        rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+        step = max(1, (64 << 20) // max(1, rows.shape[1] * max(a.dtype.itemsize, dtype.itemsize)))
+        f = self._file(name)
+        f.seek(offset)
+        for i in range(0, rows.shape[0], step):
+            f.write(np.ascontiguousarray(rows[i:i + step]).astype(dtype, copy=False).reshape(-1).view(np.uint8))
+        self.done.add(key)
+
+    def checkpoint(self) -> None:
+        """Make what was written durable, record it, and close (rename) every completed shard."""
+        for f in self._open.values():
+            f.flush()
+            os.fsync(f.fileno())
+        write_json(os.path.join(self.folder, "progress.json"), {"done": sorted(self.done)})
+        for name, f in list(self._open.items()):
+            if all(k in self.done for k in dict(self.plan.shards)[name]):
+                f.close()
+                del self._open[name]
+                os.replace(self._path(name, False), self._path(name, True))
+
+    def finish(self) -> None:
+        """Every tensor written: close the last shards and write the index (when sharded)."""
+        missing = [k for k, _, _ in self.plan.entries if k not in self.done]
+        if missing:
+            raise RuntimeError(f"StreamWriter.finish: {len(missing)} tensors never written, e.g. {missing[0]}")
+        self.checkpoint()
+        if len(self.plan.shards) > 1:
+            total = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for _, d, s in self.plan.entries)
+            write_json(os.path.join(self.folder, INDEX), {"metadata": {"total_size": total},
+                       "weight_map": {k: name for name, keys in self.plan.shards for k in keys}}, indent=2)
+        for extra in ("progress.json", "job.json"):
+            os.remove(os.path.join(self.folder, extra))
+
+
+def copy_side_files(base_folder: str, out_dir: str, dtype=None) -> None:
+    """config.json, generation config and tokenizer files of the base, as they are — except that with
+    ``dtype`` (the written tensors' dtype, when not the base's) config.json says so."""
+    for fname in COPY_FILES:
+        src = os.path.join(base_folder, fname)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(out_dir, fname))
+    cfg_path = os.path.join(out_dir, "config.json")
+    if dtype is not None and os.path.exists(cfg_path):
+        cfg = read_json(cfg_path)
+        for k in [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]:
+            cfg[k] = np.dtype(dtype).name
+        write_json(cfg_path, cfg, indent=2)
+
+
+def fold(w, delta) -> np.ndarray:
+    """W + ΔW summed in float32 (the one fold of every export path; the writer casts to the output dtype)."""
+    return np.asarray(w, np.float32) + np.asarray(delta, np.float32)
 
 
 def _dense(d) -> jax.Array:
@@ -48,63 +227,28 @@ def _dense(d) -> jax.Array:
     return d.delta if isinstance(d, Dense) else jnp.asarray(d)
 
 
-def _checkpoint_dtype(path: str, fallback) -> np.dtype:
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if files:
-        f = SafeFile(files[0])
-        for k in f.keys():
-            return f.dtype(k)
-    return np.dtype(fallback)
-
-
-def export_model(base: Base, deltas: Mapping[str, object], out_dir: str, *, dtype=None) -> str:
-    """Folded checkpoint W + ΔW. deltas: ``{module: [L, out, in]}`` (array, ``Dense`` or ``Factored``).
-    dtype: of the written tensors; default that of the base checkpoint's files."""
-    os.makedirs(out_dir, exist_ok=True)
+def export_model(base: Base, deltas: Mapping[str, object], out_dir: str, *, dtype=None,
+                 shard_bytes: int = SHARD_BYTES) -> str:
+    """Folded checkpoint W + ΔW from a loaded base (any dtype) and ``{module: [L, out, in]}`` (array,
+    ``Dense`` or ``Factored``); other tensors as in ``base.params``. dtype: of the written tensors
+    (default: each tensor's dtype in the base's files)."""
     unknown = set(deltas) - set(MODULES)
     if unknown:
         raise ValueError(f"deltas for unknown modules {sorted(unknown)}")
-    dtype = np.dtype(dtype) if dtype is not None else _checkpoint_dtype(base.path, base.params["norm"].dtype)
-    shards: list[dict] = [{}]
-    size = 0
-    for top, value in base.params.items():
-        groups = value.items() if top == "layers" else [(None, value)]
-        for group, sub in groups:
-            leaves = sub.items() if isinstance(sub, dict) else [(None, sub)]
-            for name, leaf in leaves:
-                if name in deltas:
-                    leaf = (leaf.astype(jnp.float32) + _dense(deltas[name]).astype(jnp.float32))
-                tree = {top: leaf} if group is None else {top: {group: leaf if name is None else {name: leaf}}}
-                for k, arr in params_to_hf(tree, base.config).items():
-                    arr = np.asarray(arr, np.float32).astype(dtype) if arr.dtype != dtype else arr
-                    if size + arr.nbytes > SHARD_BYTES and shards[-1]:
-                        shards.append({})
-                        size = 0
-                    shards[-1][k] = arr
-                    size += arr.nbytes
-    if len(shards) == 1:
-        save(os.path.join(out_dir, "model.safetensors"), shards[0])
-    else:
-        weight_map, total = {}, 0
-        for i, sh in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save(os.path.join(out_dir, fname), sh)
-            weight_map.update({k: fname for k in sh})
-            total += sum(a.nbytes for a in sh.values())
-        _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
-                    {"metadata": {"total_size": total}, "weight_map": weight_map})
-    for fname in COPY_FILES:
-        src = os.path.join(base.path, fname)
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(out_dir, fname))
-    return out_dir
-
-
-def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    ckpt = Checkpoint(base.path)
+    tensors = params_to_hf(base.params, base.config)
+    merged = {weight_key(m, l): (m, l) for m in deltas for l in range(base.config.num_hidden_layers)}
+    out_dtype = {k: np.dtype(dtype) if dtype is not None else ckpt.spec(k)[0] for k in tensors}
+    plan = Plan.make([(k, out_dtype[k], t.shape) for k, t in tensors.items()], shard_bytes)
+    tmp = partial_dir(out_dir)
+    writer = StreamWriter(tmp, plan, None)
+    dense = {m: np.asarray(_dense(d), np.float32) for m, d in deltas.items()}
+    for k, t in tensors.items():
+        m_l = merged.get(k)
+        writer.write(k, fold(t, dense[m_l[0]][m_l[1]]) if m_l else t)
+    writer.finish()
+    copy_side_files(base.path, tmp, dtype)
+    return publish(tmp, out_dir, replace=True)
 
 
 def _svd_factors(delta: jax.Array, k: int | None) -> tuple[jax.Array, jax.Array]:
@@ -128,7 +272,9 @@ def truncate_factored(f: Factored, k: int) -> tuple[jax.Array, jax.Array]:
     return u * root[:, None, :], jnp.swapaxes(v * root[:, None, :], 1, 2)
 
 
-def _factors(d, rank: int | None) -> tuple[jax.Array, jax.Array]:
+def peft_factors(d, rank: int | None) -> tuple[jax.Array, jax.Array]:
+    """(B [L, out, r], A [L, r, in]) float32 of a delta for a PEFT export with scale 1: a ``Factored``
+    exactly (``rank=None`` or ≥ its rows) or truncated; a dense one by SVD (numerical rank by default)."""
     if isinstance(d, Factored):
         if d.batched:
             raise ValueError("a batched Factored delta cannot be exported")
@@ -136,6 +282,13 @@ def _factors(d, rank: int | None) -> tuple[jax.Array, jax.Array]:
             return (d.b * d.m[:, None, :].astype(d.b.dtype)).astype(jnp.float32), d.a.astype(jnp.float32)
         return truncate_factored(d, rank)
     return _svd_factors(_dense(d), rank)
+
+
+def pad_rank(b, a, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero rows up to the uniform rank r (exact)."""
+    pad = r - b.shape[-1]
+    b, a = np.asarray(b), np.asarray(a)
+    return np.pad(b, [(0, 0)] * (b.ndim - 1) + [(0, pad)]), np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, pad), (0, 0)])
 
 
 def _raw_factors(d, lora_alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +301,24 @@ def _raw_factors(d, lora_alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(d.b, np.float32), np.asarray(d.a, np.float32)
 
 
-def export_peft(deltas_or_factors: Mapping[str, object], base_config: LlamaConfig, out_dir: str,
+def peft_plan(config: ModelConfig, modules, r: int, dtype) -> Plan:
+    """The tensors of a PEFT adapter of uniform rank r on ``modules`` in every layer (layer-major)."""
+    entries = []
+    for layer in range(config.num_hidden_layers):
+        for m in modules:
+            out_dim, in_dim = config.module_shape(m)
+            entries += [(lora_key(layer, m, "A"), dtype, (r, in_dim)), (lora_key(layer, m, "B"), dtype, (out_dim, r))]
+    return Plan.make(entries, single="adapter_model.safetensors")
+
+
+def write_peft_config(folder: str, r: int, modules, *, lora_alpha: float | None = None,
+                      base_model_name_or_path: str | None = None) -> None:
+    write_json(os.path.join(folder, "adapter_config.json"),
+               lora_config(r, r if lora_alpha is None else lora_alpha, list(modules), inference_mode=True,
+                           base_model_name_or_path=base_model_name_or_path), indent=2)
+
+
+def export_peft(deltas_or_factors: Mapping[str, object], base_config: ModelConfig, out_dir: str,
                 rank: int | None = None, *, lora_alpha: float | None = None, dtype=np.float32,
                 base_model_name_or_path: str | None = None) -> str:
     """A PEFT LoRA adapter folder. deltas_or_factors: ``{module: Dense | Factored | [L, out, in]}``.
@@ -169,29 +339,19 @@ def export_peft(deltas_or_factors: Mapping[str, object], base_config: LlamaConfi
         if len({b.shape[2] for b, _ in factors.values()}) != 1:
             raise ValueError("lora_alpha= needs one rank across modules")
     else:
-        factors = {m: _factors(deltas_or_factors[m], rank) for m in modules}
+        factors = {m: peft_factors(deltas_or_factors[m], rank) for m in modules}
     r = rank if rank is not None else max(b.shape[2] for b, _ in factors.values())
-    tensors = {}
+    tmp = partial_dir(out_dir)
+    writer = StreamWriter(tmp, peft_plan(base_config, modules, r, np.dtype(dtype)), None)
     for m in modules:
-        b, a = factors[m]
         out_dim, in_dim = base_config.module_shape(m)
+        b, a = factors[m]
         if b.shape != (L, out_dim, b.shape[2]) or a.shape != (L, b.shape[2], in_dim):
             raise ValueError(f"{m}: factors B {b.shape} A {a.shape} do not fit the base ({L}, {out_dim}, {in_dim})")
-        pad = r - b.shape[2]  # zero rows up to the uniform rank: exact
-        b = np.pad(np.asarray(b), ((0, 0), (0, 0), (0, pad)))
-        a = np.pad(np.asarray(a), ((0, 0), (0, pad), (0, 0)))
-        blk = "self_attn" if m in ATTN_MODULES else "mlp"
+        b, a = pad_rank(b, a, r)
         for layer in range(L):
-            key = f"base_model.model.model.layers.{layer}.{blk}.{m}"
-            tensors[f"{key}.lora_A.weight"] = a[layer].astype(dtype)
-            tensors[f"{key}.lora_B.weight"] = b[layer].astype(dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    save(os.path.join(out_dir, "adapter_model.safetensors"), tensors)
-    _write_json(os.path.join(out_dir, "adapter_config.json"), {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r),
-        "lora_alpha": int(r) if lora_alpha is None else float(lora_alpha), "use_rslora": False,
-        "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "use_dora": False,
-        "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {},
-        "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None, "inference_mode": True,
-        "base_model_name_or_path": base_model_name_or_path})
-    return out_dir
+            writer.write(lora_key(layer, m, "A"), a[layer])
+            writer.write(lora_key(layer, m, "B"), b[layer])
+    writer.finish()
+    write_peft_config(tmp, r, modules, lora_alpha=lora_alpha, base_model_name_or_path=base_model_name_or_path)
+    return publish(tmp, out_dir, replace=True)
