@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "bench": "jaxmerge.bench.cli",
     "plan": "jaxmerge.plan",
     "doctor": "jaxmerge.doctor",
+    "tasks": "jaxmerge.tasks.cli",
 }
 
 

@@ -21,7 +21,6 @@ vocabulary, rope scaling, an unknown tensor — is a ``GGUFError`` naming it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from .atomic import partial_dir, publish, write_json
 from .cache import build_lock, cache_root
 from .errors import UserError, require
 from .progress import bar
+from .registry_source import file_sha256
 from .safetensors_io import save as save_safetensors
 
 CONVERTER_VERSION = 1
@@ -70,15 +70,6 @@ def is_gguf(path: str | os.PathLike) -> bool:
             return f.read(4) == b"GGUF"
     except (IsADirectoryError, FileNotFoundError, PermissionError):
         return False
-
-
-def file_sha256(path: str, progress: bool = True) -> str:
-    h, size = hashlib.sha256(), os.path.getsize(path)
-    with open(path, "rb") as f, bar(size, f"hash {os.path.basename(path)}", "B", progress and size > 1 << 28) as b:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-            b.update(len(chunk))
-    return h.hexdigest()
 
 
 def gguf_folder(path: str | os.PathLike, progress: bool = True) -> str:

@@ -11,11 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxmerge.tasks import (REGISTRY, Task, TaskError, encode, encode_choices, load_task, make_example, normalize,
-                            resolve_task)
-
-PAPER_CSV = "/work/shared/data/paper_lora_baseline_10_results.csv"
-
+from jaxmerge.tasks import (ALIASES, PAPER, PAPER_62, REGISTRY, Task, TaskError, encode, encode_choices, load_task,
+                            make_example, normalize, resolve_task)
 
 def _rows(n, offset=0):
     return [{"prompt": f"what is {i} plus 1 ?", "answer": str(i + 1), "choices": [str(i + 1), str(i + 2)]}
@@ -29,15 +26,25 @@ def _write_jsonl(path, rows):
 
 
 # --- registry ------------------------------------------------------------------------------------------
-def test_registry_names_the_papers_62_tasks():
-    assert len(REGISTRY) == 62
-    if os.path.exists(PAPER_CSV):  # the authors' per-task results name the same 62 tasks
-        with open(PAPER_CSV) as f:
-            names = {row["task"] for row in csv.DictReader(f)}
-        assert names == set(REGISTRY)
-    for t in REGISTRY.values():
-        assert t.source.split(":")[0] in ("hub", "unknown"), t.name
-        assert t.n_train == 80 or t.name in ("mmlu_pro", "twitter_complaints")
+def test_registry_holds_the_papers_tasks_and_their_locations():
+    from jaxmerge.tasks.registry import MOVED
+    assert len(PAPER_62) == 62 and set(PAPER_62) <= set(REGISTRY)
+    assert set(REGISTRY) == set(PAPER["tasks"])  # + the other tasks of the authors' zero-shot results
+    assert {"disaster_response_messages", "fig_qa", "polish_sequence_labeling", "masakhanews_swa",
+            "masakhanews_yor"} <= set(REGISTRY) - set(PAPER_62)
+    for row, name in ALIASES.items():  # every row name of the authors' zero-shot file resolves
+        assert resolve_task(row) is REGISTRY[name] and row in PAPER["tasks"][name]["zero_shot"]
+    for name, t in REGISTRY.items():
+        kind, _, where = t.source.partition(":")
+        assert kind in ("hub", "bigbench", "unknown"), name
+        assert t.n_train == 80 or name in ("mmlu_pro", "twitter_complaints")
+        authors = PAPER["tasks"][name]["authors_dataset"]
+        same = (kind == "bigbench" and authors is None) or (
+            kind == "hub" and authors is not None and authors in ([where, t.config], [where]))
+        assert same or name in MOVED, (name, t.source, t.config, authors)
+        if kind == "bigbench":  # multiple choice ⇔ scored by log-likelihood
+            assert t.protocol == ("loglik" if t.choices and name not in ("disfl_qa", "object_counting", "qa_wikidata",
+                                                                         "polish_sequence_labeling") else "generate")
 
 
 def test_offline_hub_task_says_not_cached(tmp_path, monkeypatch):
@@ -49,8 +56,23 @@ def test_offline_hub_task_says_not_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     with pytest.raises(TaskError, match="dataset allenai/ai2_arc .*is not cached; run with network once"):
         load_task("arc_easy")
-    with pytest.raises(TaskError, match="no public source"):
+    with pytest.raises(TaskError, match="no offline source: BIG-bench generates this task with a program"):
+        load_task("boolean_expressions")
+    with pytest.raises(TaskError, match="bleugreen/typescript-chunks.*not public"):
         load_task("typescript_chunks")
+
+
+def test_tasks_list_command(capsys):
+    from jaxmerge.cli import main
+    assert main(["tasks", "list", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    by = {r["task"]: r for r in table}
+    assert len(table) == len(REGISTRY) and sum(r["in_paper_62"] for r in table) == 62
+    assert by["sports_understanding"]["protocol"] == "loglik" and by["object_counting"]["protocol"] == "generate"
+    assert by["sports_understanding"]["offline"].startswith("after one fetch of the bigbench sdist")  # the suite's empty cache
+    assert by["boolean_expressions"]["offline"].startswith("no: BIG-bench generates this task with a program")
+    assert by["gsm8k"]["paper_zero_shot"] == PAPER["tasks"]["gsm8k"]["zero_shot"]["main"]
+    assert main(["tasks", "list"]) == 0 and "sports_understanding" in capsys.readouterr().out
 
 
 def test_unknown_task_is_a_clear_error():
@@ -88,10 +110,9 @@ def test_make_example_field_kinds():
     ex = make_example(sciq, row, None, 3)
     assert f"{ex['answer']}. gold" in ex["prompt"]
 
-    bb = REGISTRY["hyperbaton"]
-    ex = make_example(bb, {"inputs": "Which order?", "targets": ["(A)"], "multiple_choice_targets": ["(A)", "(B)"]},
-                      None, 0)
-    assert ex["answer"] == "(A)" and ex["choices"] == ["(A)", "(B)"]
+    bb = REGISTRY["hyperbaton"]  # a BIG-bench row as jaxmerge.tasks.bigbench renders it
+    ex = make_example(bb, {"input": "Which order?", "target": "a", "targets": ["a"], "choices": ["a", "b"]}, None, 0)
+    assert ex == {"prompt": "Which order?", "answer": "a", "choices": ["a", "b"], "golds": ["a"]}
 
 
 def test_normalize_is_the_papers():
@@ -131,19 +152,6 @@ def test_csv_and_spec_file(tmp_path):
     assert data.task.name == "parity_csv" and len(data.test) == 20
     ex = data.train[0]
     assert ex["choices"] == ["no", "yes"] and ex["answer"] == ("yes" if int(ex["prompt"].split()[2]) % 2 else "no")
-
-
-def test_bigbench_task_json(tmp_path):
-    examples = [{"input": f"{i} + 1 =", "target": str(i + 1)} for i in range(110)]
-    examples += [{"input": f"is {i} big?", "target_scores": {"yes": int(i > 50), "no": int(i <= 50)}}
-                 for i in range(20)]
-    with open(tmp_path / "task.json", "w") as f:
-        json.dump({"name": "toy", "task_prefix": "Q: ", "examples": examples}, f)
-    data = load_task(str(tmp_path / "task.json"))
-    rows = data.train + data.validation + data.test
-    assert len(rows) == 130 and all(r["prompt"].startswith("Q: ") for r in rows)
-    mc = [r for r in rows if r["choices"]]
-    assert len(mc) == 20 and all(r["answer"] == ("yes" if int(r["prompt"].split()[2]) > 50 else "no") for r in mc)
 
 
 def test_too_few_rows_is_an_error(tmp_path):

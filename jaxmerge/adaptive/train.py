@@ -30,7 +30,7 @@ import optax
 
 from ..config import LlamaConfig
 from ..lora import Dense, Factored
-from ..tasks.encode import token_logprobs
+from ..tasks.encode import answer_logprobs
 from . import checkpoint as ckpt
 from .space import Tuning
 
@@ -41,9 +41,9 @@ Batch = Mapping[str, Any]  # {"tokens": [n, T] int32, "attention_mask": [n, T], 
 def answer_loss_sums(params, config: LlamaConfig, batch: Batch, adapters=None, remat: bool = False):
     """(Σ cross-entropy over answer tokens, number of answer tokens) of a batch — the sums behind
     ``jaxmerge.tasks.answer_loss``, so that micro-batches add up to the effective batch's token mean.
-    ``loss_mask`` follows ``jaxmerge.tasks.encode``'s next-token convention."""
-    lp = token_logprobs(params, config, batch["tokens"], batch["attention_mask"], adapters, remat)
-    mask = batch["loss_mask"].astype(jnp.float32)
+    ``loss_mask`` follows ``jaxmerge.tasks.encode``'s next-token convention; the LM head runs at the
+    answer positions only (``batch["answer_index"]``), never over ``[batch, tokens, vocab]``."""
+    lp, mask = answer_logprobs(params, config, batch, adapters, remat)
     return -jnp.sum(lp * mask), jnp.sum(mask)
 
 

@@ -11,6 +11,14 @@ answer token, i.e. the logits at position t are scored against the next token. T
 Padding: right for training/scoring rows (``with_answer=True``), left for prompt-only rows fed to
 generation. Lengths are rounded up to a multiple of 8 to bound the number of compiled shapes.
 
+Answer-only LM head: training rows also carry ``answer_index [n, A]``, the positions t with
+``loss_mask[i, t] = 1`` (A = the most answer tokens of a row, rounded up to a multiple of 8; the rest
+point at the last column, whose mask is 0). ``answer_logprobs`` applies the LM head at those
+positions only, so a loss never forms ``[n, T, V]`` logits — with a 49 k or 128 k vocabulary they
+are most of a training step's memory. With a fixed ``max_len`` A is T itself, so that batches encoded
+with the same ``max_len`` always stack; ``concat_batches`` pads both widths. A batch without
+``answer_index`` takes the full-logits path.
+
 Einsum-free; shapes: n rows, T tokens, V vocabulary.
 """
 
@@ -23,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import forward
+from ..model import forward, hidden_states, lm_head
 
 PAD_MULTIPLE = 8
 
@@ -96,7 +104,22 @@ def _pack(rows: list[list[int]], spans: list[tuple[int, int]], max_len: int | No
         attn[i, off:off + len(r)] = 1
         if hi > lo:  # positions whose next token is in [lo, hi)
             loss[i, off + lo - 1:off + hi - 1] = 1
-    return {"tokens": tokens, "attention_mask": attn, "loss_mask": loss}
+    out = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss}
+    if loss.any():
+        out["answer_index"] = answer_index(loss, T if max_len is not None else None)
+    return out
+
+
+def answer_index(loss_mask: np.ndarray, width: int | None = None) -> np.ndarray:
+    """``[n, A]`` int32: each row's loss positions, then the last column (mask 0 by convention);
+    A = ``width`` or the most loss positions of a row rounded up to a multiple of 8."""
+    n, T = loss_mask.shape
+    A = width if width is not None else _round(int(loss_mask.sum(axis=1).max()))
+    idx = np.full((n, A), T - 1, np.int32)
+    for i, row in enumerate(loss_mask):
+        pos = np.flatnonzero(row)
+        idx[i, :len(pos)] = pos
+    return idx
 
 
 def encode(examples: Sequence[Mapping], tokenizer, max_len: int | None, *, with_answer: bool = True,
@@ -126,6 +149,21 @@ def encode(examples: Sequence[Mapping], tokenizer, max_len: int | None, *, with_
     if cut:
         warnings.warn(f"encode: {cut} of {len(rows)} rows longer than max_len={max_len}; prompts truncated on the left")
     return _pack(rows, spans, max_len, pad_id(tokenizer), left=not with_answer)
+
+
+def concat_batches(*batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of several encoded batches in one: tokens etc. right-padded to the longest T, answer
+    indices padded with position 0 (never an answer position). Keys must agree."""
+    T = max(np.asarray(b["tokens"]).shape[1] for b in batches)
+    keys = set(batches[0])
+    if any(set(b) != keys for b in batches):
+        raise ValueError(f"concat_batches: the batches have different keys {[sorted(b) for b in batches]}")
+    out = {}
+    for k in batches[0]:
+        parts = [np.asarray(b[k]) for b in batches]
+        width = T if k != "answer_index" else max(p.shape[1] for p in parts)
+        out[k] = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
+    return out
 
 
 def encode_choices(examples: Sequence[Mapping], tokenizer, max_len: int | None = None, *,
@@ -163,9 +201,23 @@ def token_logprobs(params, config, tokens: jax.Array, attention_mask: jax.Array,
     return jnp.pad(picked, ((0, 0), (0, 1)))
 
 
+def answer_logprobs(params, config, batch: Mapping[str, jax.Array], adapters=None,
+                    remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(log-probabilities of the scored next tokens, their 0/1 weights): ``[n, A]`` at
+    ``batch["answer_index"]`` with the LM head applied there only, else ``[n, T]`` from full logits."""
+    tokens, mask = batch["tokens"], batch["loss_mask"].astype(jnp.float32)
+    if "answer_index" not in batch:
+        return token_logprobs(params, config, tokens, batch["attention_mask"], adapters, remat), mask
+    idx = jnp.asarray(batch["answer_index"], jnp.int32)
+    h = hidden_states(params, tokens, config, adapters=adapters, attention_mask=batch["attention_mask"], remat=remat)
+    logits = lm_head(params, jnp.take_along_axis(h, idx[..., None], axis=1))                 # [n, A, V] float32
+    nxt = jnp.take_along_axis(tokens, jnp.minimum(idx + 1, tokens.shape[1] - 1), axis=1).astype(jnp.int32)
+    picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.take_along_axis(mask, idx, axis=1)
+
+
 def answer_loss(params, config, batch: Mapping[str, jax.Array], adapters=None, remat: bool = False) -> jax.Array:
     """Mean cross-entropy over ``batch["loss_mask"]`` tokens (a scalar; pure and jittable with
     ``config`` static). ``batch`` is ``encode(..., with_answer=True)``'s output."""
-    lp = token_logprobs(params, config, batch["tokens"], batch["attention_mask"], adapters, remat)
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    lp, w = answer_logprobs(params, config, batch, adapters, remat)
+    return -jnp.sum(lp * w) / jnp.maximum(jnp.sum(w), 1.0)

