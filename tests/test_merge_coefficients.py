@@ -185,6 +185,16 @@ def test_leaky_relu_gradient_at_zero_is_the_slope():
     g_lin, g_leaky = grad("linear"), grad("leaky_relu")
     assert float(jnp.abs(g_lin).max()) > 0
     np.testing.assert_allclose(g_leaky, merge.LEAKY_SLOPE * g_lin, rtol=1e-5, atol=1e-9)
+    # against PyTorch itself (the authors' activation): values and gradients at, below and above 0
+    import torch
+    x = np.array([-2.0, -1e-3, 0.0, 0.0, 1e-3, 3.0], np.float32)
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.leaky_relu(t, merge.LEAKY_SLOPE).backward(torch.ones_like(t))
+    act = lambda v: merge.activate(v, "leaky_relu")
+    np.testing.assert_array_equal(np.asarray(act(jnp.asarray(x))),
+                                  torch.nn.functional.leaky_relu(torch.tensor(x), merge.LEAKY_SLOPE).numpy())
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: act(v).sum())(jnp.asarray(x))), t.grad.numpy())
+    assert t.grad[2] == np.float32(merge.LEAKY_SLOPE)  # PyTorch's rule at exactly 0 (jax.nn.leaky_relu gives 1)
     with pytest.raises(ValueError, match="granularity"):
         merge.coefficient_shape("row", N, L, 4)
     with pytest.raises(ValueError, match="activation"):

@@ -20,10 +20,10 @@ import torch
 from peft.utils import merge_utils as mu
 
 from jaxmerge import merge
-from jaxmerge.merge import registry
+from jaxmerge.merge import SIGN_METHODS, registry
 from jaxmerge.stacks import ModuleStack
 
-from helpers import hf_llama
+from helpers import fixed_bernoulli, fixed_noise, hf_llama
 
 RTOL = 1e-5
 
@@ -108,6 +108,67 @@ def test_magnitude_prune_and_task_arithmetic_equal_peft(pool_factors, density):
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
+def _registry_merge(method, stack, w, noise=fixed_noise, **params):
+    """A registered method on one stack, all layers, with the injected noise."""
+    L = stack.a.shape[0]
+    return registry.get(method).merge(stack, jnp.asarray(registry.resolve_weights(method, stack.num_adapters, L, w)),
+                                      registry.make_params(method, **params), key=jax.random.key(0),
+                                      layers=jnp.arange(L), noise=noise)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9, 1.0])
+def test_dare_equals_peft_with_the_same_mask(pool_factors, density, monkeypatch):
+    """DARE linear / TIES = PEFT's ``merge_utils.dare_linear`` / ``dare_ties`` when both draw the same mask
+    (``torch.bernoulli`` replaced by the shared fixed pattern; jaxmerge given the same ``noise``): random
+    drop, kept entries scaled by 1/density, then the sum or TIES' election (both sign methods)."""
+    A, B, scale, present = pool_factors
+    stack = build_stack(A, B, scale, present)
+    monkeypatch.setattr(torch, "bernoulli", fixed_bernoulli)
+    w = np.random.default_rng(9).normal(size=len(RANKS)).astype(np.float32)
+    got_lin = _registry_merge("dare_linear", stack, w, density=density)
+    got_ties = {sign: _registry_merge("dare_ties", stack, w, density=density, sign=sign) for sign in SIGN_METHODS}
+    for l in range(2):
+        deltas = torch_deltas(A, B, scale, l)
+        with pytest.warns(UserWarning) if density >= 1 else _nothing():
+            assert_close(got_lin[l], mu.dare_linear(deltas, torch.from_numpy(w), density).numpy())
+        for sign in SIGN_METHODS:
+            with pytest.warns(UserWarning) if density >= 1 else _nothing():
+                assert_close(got_ties[sign][l], mu.dare_ties(deltas, torch.from_numpy(w), density, sign).numpy())
+    if density < 1:  # the injected mask did drop entries: the oracle is not plain task arithmetic
+        assert np.abs(np.asarray(got_lin) - np.asarray(merge.linear(stack, jnp.asarray(w)))).max() > 1e-2
+
+
+def test_dare_masks_from_the_key_are_drawn_per_module_layer_and_adapter():
+    """With the real noise: each entry kept with probability density (rescaled by 1/density), independently
+    across layers, adapters and modules; the same key gives the same masks, another key others."""
+    rng = np.random.default_rng(11)
+    A, B, scale, present = random_factors(rng, (4, 4), L=2, o=64, d=96)
+    stack = build_stack(A, B, scale, present)
+    from jaxmerge.stacks import Pool
+    pool = Pool({"q_proj": stack, "v_proj": stack}, ("a", "b"))
+    density, n = 0.3, 64 * 96
+    out = merge.merge_pool(pool, "dare_linear", weights=[1.0, 0.0], density=density, key=jax.random.key(5))
+    again = merge.merge_pool(pool, "dare_linear", weights=[1.0, 0.0], density=density, key=jax.random.key(5))
+    other = merge.merge_pool(pool, "dare_linear", weights=[1.0, 0.0], density=density, key=jax.random.key(6))
+    masks = {}
+    for m in ("q_proj", "v_proj"):
+        for l in range(2):
+            full = scale[0] * B[0][l].astype(np.float64) @ A[0][l]
+            got = np.asarray(out[m][l], np.float64)
+            kept = got != 0
+            np.testing.assert_allclose(got[kept], full[kept] / density, rtol=0, atol=RTOL * np.abs(full).max() / density)
+            assert abs(kept.mean() - density) < 4 * np.sqrt(density * (1 - density) / n)
+            masks[m, l] = kept
+            np.testing.assert_array_equal(np.asarray(again[m][l]), np.asarray(out[m][l]))
+            assert (np.asarray(other[m][l]) != 0).tolist() != kept.tolist()
+    pairs = [(("q_proj", 0), ("q_proj", 1)), (("q_proj", 0), ("v_proj", 0))]
+    for x, y in pairs:  # independent masks overlap on about density² of the entries
+        assert abs((masks[x] & masks[y]).mean() - density ** 2) < 0.03
+    # adapter 1 (weight 0 above) draws its own mask: the two adapters' kept sets differ
+    both = merge.merge_pool(pool, "dare_linear", weights=[0.0, 1.0], density=density, key=jax.random.key(5))
+    assert abs(((np.asarray(both["q_proj"][0]) != 0) & masks["q_proj", 0]).mean() - density ** 2) < 0.03
+
+
 def test_linear_layer_into_writes_the_layer_into_the_donated_buffer(pool_factors, per_layer):
     """Equal to PEFT's task arithmetic of that layer (weights [N] or per layer [N, L]), computed in the
     donated buffer's memory, and the buffer passed back is reused by the next layer (the recycling
@@ -228,14 +289,22 @@ def test_tsv_equals_dense_numpy_float32():
 
 
 def test_factor_svd_equals_dense_svd():
+    """σ, and the triplets themselves: U·diag(σ)·Vᵀ is the best rank-5 approximation of the dense float64
+    s·B·A (distinct singular values, so it is unique), U and V are orthonormal."""
     rng = np.random.default_rng(6)
     a, b = rng.normal(size=(12, 50)).astype(np.float32), rng.normal(size=(30, 12)).astype(np.float32)
     u, s, v = merge.factor_svd(jnp.asarray(a), jnp.asarray(b), 0.5, 5)
-    ref_s = np.linalg.svd(0.5 * b.astype(np.float64) @ a, compute_uv=False)[:5]
-    np.testing.assert_allclose(np.asarray(s), ref_s, rtol=1e-5)
-    recon = np.asarray(u) @ np.diag(np.asarray(s)) @ np.asarray(v).T
-    _, _, _ = np.linalg.svd(recon)
-    np.testing.assert_allclose(np.asarray(u).T @ np.asarray(u), np.eye(5), atol=1e-5)
+    u, s, v = (np.asarray(x, np.float64) for x in (u, s, v))
+    du, ds, dvt = np.linalg.svd(0.5 * b.astype(np.float64) @ a, full_matrices=False)
+    np.testing.assert_allclose(s, ds[:5], rtol=1e-5)
+    best = du[:, :5] @ np.diag(ds[:5]) @ dvt[:5]
+    np.testing.assert_allclose(u @ np.diag(s) @ v.T, best, rtol=0, atol=1e-5 * np.abs(best).max())
+    np.testing.assert_allclose(u.T @ u, np.eye(5), atol=1e-5)
+    np.testing.assert_allclose(v.T @ v, np.eye(5), atol=1e-5)
+    # each right vector matches the dense one up to its sign, paired with the left vector's sign
+    signs = np.sign(np.sum(v * dvt[:5].T, axis=0))
+    np.testing.assert_allclose(v * signs, dvt[:5].T, atol=1e-4)
+    np.testing.assert_allclose(u * signs, du[:, :5], atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- PEFT-written adapters
