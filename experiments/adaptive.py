@@ -87,9 +87,12 @@ def check_args(args) -> None:
         raise UserError(f"--seed {args.seed}: must be ≥ 0")
     if args.base is not None and not os.path.exists(args.base) and not HUB_ID.fullmatch(args.base):
         raise UserError(f"--base {args.base}: no such file or folder, and not a hub id of the form 'owner/name'")
-    for src in args.pool or ():
-        if not os.path.exists(src) and not HUB_ID.fullmatch(src):
-            raise UserError(f"--pool {src}: no such file or folder, and not a hub id of the form 'owner/name'")
+    from jaxmerge.pool.sources import SourceError, check_source
+    for src in args.pool or ():  # a path, a hub id or a pool manifest (paper-llama31-8b …)
+        try:
+            check_source(src)
+        except SourceError as e:
+            raise UserError(f"--pool {src}: {str(e).split(': ', 1)[1]}") from None
     if args.task is not None and not os.path.exists(args.task):
         from jaxmerge.tasks import REGISTRY
         kind = world_kind(args.world)

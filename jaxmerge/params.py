@@ -73,6 +73,9 @@ def resolve(path_or_id: str, patterns=HUB_PATTERNS) -> str:
     naming it (and the offline mode when that is the cause)."""
     if os.path.isdir(path_or_id):
         return os.fspath(path_or_id)
+    if os.fspath(path_or_id).startswith("pypi:"):  # a file inside a PyPI distribution (jaxmerge.registry_source)
+        from .registry_source import member_path
+        path_or_id = member_path(path_or_id)
     if os.fspath(path_or_id).endswith(".gguf") and os.path.isfile(path_or_id):  # converted once, cached
         from .gguf import gguf_folder
         return gguf_folder(path_or_id)
@@ -87,12 +90,12 @@ def resolve(path_or_id: str, patterns=HUB_PATTERNS) -> str:
         raise NotFound(hub_failure(path_or_id, e)) from None
 
 
-def hub_failure(repo_id: str, e: Exception) -> str:
+def hub_failure(repo_id: str, e: Exception, cache_dir: str | None = None) -> str:
     """One line for a failed hub resolution: which id, why, and what to do."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     if isinstance(e, LocalEntryNotFoundError) or (constants.HF_HUB_OFFLINE and isinstance(e, OSError)):
-        where = constants.HF_HUB_CACHE
+        where = cache_dir or constants.HF_HUB_CACHE
         if constants.HF_HUB_OFFLINE:
             return (f"hub id {repo_id!r} is not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE=1 "
                     "forbids downloading it: fetch it once online, or unset HF_HUB_OFFLINE")

@@ -1,10 +1,10 @@
 """Shape-faithful synthetic pools: the real pool's (rank, alpha, target modules) mix, no weights.
 
-Benchmarks and memory plans draw k adapters from the 955 real Llama-3.1-8B pool shapes when the
-shapes file is available (``--pool-shapes FILE``, ``$JAXMERGE_POOL_SHAPES``, or the project's
-``../shared/data/llama31_8b_pool_shapes.json``), otherwise from a built-in mix with the same
-proportions (paper Appendix A / REFERENCE §2). Only modules under ``.layers.`` count (lm_head and
-embed_tokens LoRAs are never merged).
+Benchmarks and memory plans draw k adapters from the 955 real Llama-3.1-8B pool shapes: the recorded
+configs of the shipped ``paper-llama31-8b`` manifest (``jaxmerge.pool.manifest``), or another source
+given as ``--pool-shapes FILE`` / ``$JAXMERGE_POOL_SHAPES`` (a shapes file
+``{"adapters": [{"r", "lora_alpha", "target_modules"}]}`` or a manifest). Only modules under
+``.layers.`` count (lm_head and embed_tokens LoRAs are never merged).
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import MODULES, LlamaConfig
+from .config import MODULES, ModelConfig
+from .errors import UserError
 from .stacks import ModuleStack, Pool
 
-SHAPES_FILE = "llama31_8b_pool_shapes.json"
-
-# Built-in proportions (counts in the real pool of 955).
-_RANKS = {16: 285, 8: 274, 64: 199, 32: 136, 256: 29, 128: 24, 96: 5, 4: 1, 25: 1, 512: 1}
-_ALL7 = MODULES
-_TARGETS = {_ALL7: 806, ("q_proj", "v_proj"): 91, ("q_proj", "k_proj", "v_proj"): 22,
-            ("q_proj", "k_proj", "v_proj", "o_proj"): 15, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"): 10,
-            ("q_proj", "v_proj", "o_proj"): 4, ("q_proj",): 3, ("gate_proj", "up_proj", "down_proj"): 2,
-            ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"): 2}
+DEFAULT_MANIFEST = "paper-llama31-8b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,21 +32,6 @@ class AdapterShape:
     modules: tuple[str, ...]  # Llama projections it targets, in MODULES order
 
 
-def find_shapes_file(path: str | None = None) -> str | None:
-    if path:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"pool shapes file {path} not found")
-        return path
-    env = os.environ.get("JAXMERGE_POOL_SHAPES")
-    if env and os.path.exists(env):
-        return env
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for cand in (os.path.join(here, "..", "shared", "data", SHAPES_FILE), os.path.join("..", "shared", "data", SHAPES_FILE)):
-        if os.path.exists(cand):
-            return os.path.normpath(cand)
-    return None
-
-
 def _modules_of(targets) -> tuple[str, ...]:
     if isinstance(targets, str):  # a regex: count the projections it names
         return tuple(m for m in MODULES if m in targets)
@@ -61,21 +39,23 @@ def _modules_of(targets) -> tuple[str, ...]:
 
 
 def load_shapes(path: str | None = None) -> tuple[list[AdapterShape], str]:
-    """(all adapter shapes, where they came from). Adapters that target no Llama projection are dropped."""
-    found = find_shapes_file(path)
-    if found is None:
-        out = []
-        rng = np.random.default_rng(0)
-        ranks = rng.permutation(np.repeat(list(_RANKS), list(_RANKS.values())))
-        targets = list(_TARGETS)
-        tidx = rng.permutation(np.repeat(np.arange(len(targets)), list(_TARGETS.values())))
-        for r, t in zip(ranks, tidx):
-            out.append(AdapterShape(int(r), 16.0, tuple(m for m in MODULES if m in targets[t])))
-        return out, "built-in mix (real pool proportions)"
-    with open(found) as f:
-        raw = json.load(f)["adapters"]
+    """(all adapter shapes, where they came from): ``path``, else ``$JAXMERGE_POOL_SHAPES``, else the
+    shipped Llama manifest's recorded configs. Adapters that target no projection are dropped."""
+    from .pool import manifest
+    path = path or os.environ.get("JAXMERGE_POOL_SHAPES") or DEFAULT_MANIFEST
+    if manifest.is_manifest(path):
+        m = manifest.load(path)
+        raw = [{"r": e.r, "lora_alpha": e.lora_alpha, "target_modules": e.target_modules}
+               for e in m.entries if e.recorded]
+        source = f"manifest {m.name} ({len(raw)} recorded configs)"
+    elif os.path.isfile(path):
+        with open(path) as f:
+            raw = json.load(f)["adapters"]
+        source = path
+    else:
+        raise UserError(f"pool shapes {path}: no such file, and not a pool manifest ({', '.join(manifest.names())})")
     shapes = [AdapterShape(int(a["r"]), float(a["lora_alpha"]), _modules_of(a["target_modules"])) for a in raw]
-    return [s for s in shapes if s.modules], found
+    return [s for s in shapes if s.modules], source
 
 
 def draw(shapes: Sequence[AdapterShape], k: int, seed: int = 0) -> list[AdapterShape]:
@@ -86,7 +66,7 @@ def draw(shapes: Sequence[AdapterShape], k: int, seed: int = 0) -> list[AdapterS
     return [shapes[i] for i in sorted(idx)]
 
 
-def abstract_pool(config: LlamaConfig, adapters: Sequence[AdapterShape], dtype=jnp.bfloat16) -> Pool:
+def abstract_pool(config: ModelConfig, adapters: Sequence[AdapterShape], dtype=jnp.bfloat16) -> Pool:
     """A ``Pool`` of ShapeDtypeStructs for these adapter shapes (for compilation without weights)."""
     L, n = config.num_hidden_layers, len(adapters)
     modules = {}
@@ -102,7 +82,7 @@ def abstract_pool(config: LlamaConfig, adapters: Sequence[AdapterShape], dtype=j
     return Pool(modules, tuple(f"shape{i}" for i in range(n)))
 
 
-def random_pool(config: LlamaConfig, adapters: Sequence[AdapterShape], key: jax.Array, dtype=jnp.float32,
+def random_pool(config: ModelConfig, adapters: Sequence[AdapterShape], key: jax.Array, dtype=jnp.float32,
                 std: float = 0.02) -> Pool:
     """A materialised pool with random factors of these shapes (benchmarks)."""
     abstract = abstract_pool(config, adapters, dtype)

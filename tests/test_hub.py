@@ -29,3 +29,83 @@ def test_hub_cache_is_huggingface_hubs_own_layout(tmp_path):
     from huggingface_hub.errors import LocalEntryNotFoundError
     with pytest.raises(LocalEntryNotFoundError):
         snapshot_download("org/absent", cache_dir=cache)
+
+
+# --- load_base, merge and pools from hub ids, offline --------------------------------------------------
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxmerge  # noqa: E402
+from helpers import hf_llama, use_hub_cache, write_adapter  # noqa: E402
+
+LICENSE = "---\nlicense: apache-2.0\n---\n"
+
+
+def _files(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(folder) for f in fs}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A base and two adapters as local folders, and the same as hub repos in a cache."""
+    root = tmp_path_factory.mktemp("hub")
+    model = hf_llama(root / "base", seed=4)
+    for name, seed in (("a", 1), ("b", 2)):
+        write_adapter(model, root / name, seed=seed, r=4, lora_alpha=8)
+        (root / name / "README.md").write_text(LICENSE)  # hub adapters need a licence (the paper's filter)
+    cache = root / "cache"
+    hub_cache(cache, {"someone/tiny-llama": root / "base"})
+    hub_cache(cache, {f"someone/lora-{n}": _files(root / n) for n in ("a", "b")})
+    return root, cache
+
+
+def _logits(base):
+    tok = jnp.asarray(np.random.RandomState(0).randint(3, 128, (1, 12)))
+    return np.asarray(jaxmerge.forward(base.params, tok, base.config))
+
+
+def test_load_base_from_a_hub_id_offline(hub, monkeypatch):
+    root, cache = hub
+    use_hub_cache(monkeypatch, cache)
+    base = jaxmerge.load_base("someone/tiny-llama", dtype="float32")
+    assert os.path.realpath(base.path).startswith(os.path.realpath(cache / "models--someone--tiny-llama" / "snapshots"))
+    np.testing.assert_array_equal(_logits(base), _logits(jaxmerge.load_base(str(root / "base"), dtype="float32")))
+
+
+def test_absent_hub_id_names_it_and_the_offline_mode(hub, monkeypatch):
+    _, cache = hub
+    use_hub_cache(monkeypatch, cache)
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    with pytest.raises(jaxmerge.params.NotFound) as e:
+        jaxmerge.load_base("someone/not-cached")
+    assert not isinstance(e.value, LocalEntryNotFoundError)
+    msg = str(e.value)
+    assert "'someone/not-cached'" in msg and "HF_HUB_OFFLINE=1" in msg and str(cache) in msg and "\n" not in msg
+
+
+def test_merge_cli_with_hub_ids_offline(hub, tmp_path):
+    root, cache = hub
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    run = lambda *args: subprocess.run([sys.executable, "-m", "jaxmerge", "merge", *args], env=env,
+                                       capture_output=True, text=True, timeout=600)
+    out = run("--base", "someone/tiny-llama", "--adapters", "someone/lora-a", "someone/lora-b", "--method",
+              "average", "--out", str(tmp_path / "hub"), "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    local = run("--base", str(root / "base"), "--adapters", str(root / "a"), str(root / "b"), "--method", "average",
+                "--out", str(tmp_path / "local"), "--quiet")
+    assert local.returncode == 0, local.stderr[-3000:]
+    kept = [r["source"] for r in json.loads((tmp_path / "hub" / "report.json").read_text())["adapters"] if r["kept"]]
+    assert kept == ["someone/lora-a", "someone/lora-b"]
+    a = jaxmerge.load_base(str(tmp_path / "hub"), dtype="float32")
+    b = jaxmerge.load_base(str(tmp_path / "local"), dtype="float32")
+    np.testing.assert_array_equal(_logits(a), _logits(b))
+    assert np.abs(_logits(a) - _logits(jaxmerge.load_base(str(root / "base"), dtype="float32"))).max() > 1e-3
+    # a base that is not cached: one line naming it and the offline mode, before any adapter is read
+    bad = run("--base", "someone/not-cached", "--adapters", "someone/lora-a", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert "'someone/not-cached'" in bad.stderr and "HF_HUB_OFFLINE=1" in bad.stderr

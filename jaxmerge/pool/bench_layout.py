@@ -5,32 +5,25 @@ Three layouts of the same Σ_i w_i·s_i·B_i·A_i:
     pad    — every adapter padded to r_max: einsum over (k, r_max)
     bucket — adapters grouped by equal rank, one padded-free einsum per bucket, summed
 
-    python -m jaxmerge.pool.bench_layout [--k 30] [--dim 4096] [--seed 0] [--shapes PATH]
+    python -m jaxmerge.pool.bench_layout [--k 30] [--dim 4096] [--seed 0] [--shapes PATH|MANIFEST]
 
-Ranks are drawn from ``llama31_8b_pool_shapes.json`` when present (REFERENCE §2), else from its
-published histogram. Einsum letters: n adapters, r rank rows, o out, d in.
+Ranks are drawn from the real pool's recorded configs (``jaxmerge.shapes.load_shapes``: the shipped
+``paper-llama31-8b`` manifest by default). Einsum letters: n adapters, r rank rows, o out, d in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SHAPES = "/work/shared/data/llama31_8b_pool_shapes.json"
-HISTOGRAM = {16: 285, 8: 274, 64: 199, 32: 136, 256: 29, 128: 24, 96: 5, 4: 1, 25: 1, 512: 1}
-
-
-def pool_ranks(path: str = SHAPES) -> np.ndarray:
-    if os.path.exists(path):
-        with open(path) as f:
-            return np.asarray([a["r"] for a in json.load(f)["adapters"]])
-    return np.repeat(list(HISTOGRAM), list(HISTOGRAM.values()))
+def pool_ranks(path: str | None = None) -> np.ndarray:
+    from ..shapes import load_shapes
+    return np.asarray([s.r for s in load_shapes(path)[0]])
 
 
 def _time(fn, *args, reps=3) -> float:
@@ -43,7 +36,7 @@ def _time(fn, *args, reps=3) -> float:
     return best
 
 
-def run(k=30, dim=4096, seed=0, shapes=SHAPES) -> dict:
+def run(k=30, dim=4096, seed=0, shapes=None) -> dict:
     rng = np.random.default_rng(seed)
     ranks = rng.choice(pool_ranks(shapes), size=k, replace=False).astype(int)
     R, rmax = int(ranks.sum()), int(ranks.max())
@@ -86,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--dim", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shapes", default=SHAPES)
+    p.add_argument("--shapes", default=None, help="shapes file or pool manifest (default: paper-llama31-8b)")
     args = p.parse_args(argv)
     r = run(args.k, args.dim, args.seed, args.shapes)
     print(json.dumps(r, indent=1))

@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..atomic import write_text
 from ..config import MODULES, ModelConfig
+from ..models.schema import module_name
+from ..progress import track
 from ..safetensors_io import SafeFile, SafetensorsError
 from ..sharding import ShardingRules
 from ..stacks import ModuleStack, Pool, stack_logical_axes
 from .filters import FilterPolicy, check_config, check_license, check_norm
-from ..models.schema import module_name
 from .peft_format import AdapterConfig, AdapterError, parse_key
 from .sources import Source, expand_sources, resolve
 
@@ -52,10 +54,7 @@ class Report:
         return json.dumps({"adapters": self.rows}, indent=1)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        write_text(path, self.to_json())
 
     def summary(self) -> str:
         kept = len(self.kept)
@@ -89,8 +88,9 @@ class AdapterInfo:
 
 
 def inspect_adapter(folder: str, base: ModelConfig, policy: FilterPolicy, *, source: str | None = None,
-                    from_hub: bool = False) -> AdapterInfo:
-    """Check one adapter folder; raises ``AdapterError(reason)`` when it is skipped."""
+                    from_hub: bool = False, expected=None) -> AdapterInfo:
+    """Check one adapter folder; raises ``AdapterError(reason)`` when it is skipped. ``expected``: the
+    ``manifest.Entry`` recorded for it — a config that disagrees is skipped, naming the difference."""
     source = source or folder
     cfg_path, weights = os.path.join(folder, "adapter_config.json"), os.path.join(folder, WEIGHTS)
     if not os.path.exists(weights):
@@ -104,6 +104,8 @@ def inspect_adapter(folder: str, base: ModelConfig, policy: FilterPolicy, *, sou
             cfg = AdapterConfig.from_dict(json.load(f))
     except ValueError as e:
         raise AdapterError(f"unreadable adapter_config.json: {e}") from None
+    if expected is not None and expected.mismatch(cfg):
+        raise AdapterError(f"config disagrees with the manifest: {expected.mismatch(cfg)}")
     for reason in (check_config(cfg, policy), check_license(folder, from_hub, policy)):
         if reason:
             raise AdapterError(reason)
@@ -198,7 +200,7 @@ def inspect_adapter(folder: str, base: ModelConfig, policy: FilterPolicy, *, sou
 def _inspect(src: Source, base, policy, cache_dir):
     try:
         folder = resolve(src, cache_dir)
-        return inspect_adapter(folder, base, policy, source=src.spec, from_hub=src.hub)
+        return inspect_adapter(folder, base, policy, source=src.spec, from_hub=src.hub, expected=src.expected)
     except (AdapterError, OSError) as e:
         return str(e) or type(e).__name__
     except Exception as e:  # noqa: BLE001 — one bad adapter never ends a load of hundreds
@@ -213,11 +215,8 @@ def inspect_sources(sources, base: ModelConfig, policy: FilterPolicy = FilterPol
     results = [None] * len(srcs)
     with cf.ThreadPoolExecutor(workers) as ex:
         futs = {ex.submit(_inspect, s, base, policy, cache_dir): i for i, s in enumerate(srcs)}
-        it = cf.as_completed(futs)
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, total=len(futs), desc="inspect adapters", unit="adapter")
-        for fut in it:
+        for fut in track(cf.as_completed(futs), total=len(futs), desc="inspect adapters", unit="adapter",
+                         enabled=progress):
             results[futs[fut]] = fut.result()
     rows, kept, seen = [], [], {}
     for src, res in zip(srcs, results):
@@ -303,7 +302,8 @@ def load_pool(sources, base_config: ModelConfig, *, policy: FilterPolicy = Filte
               cache_dir: str | None = None) -> tuple[Pool, Report]:
     """Load, validate and filter adapters into a stacked ``Pool`` (rows in source order) plus a ``Report``.
 
-    sources: adapter folders, folders of adapter folders, text files of paths / hub ids, hub ids.
+    sources: adapter folders, folders of adapter folders, text files of paths / hub ids, hub ids, pool
+    manifests (``jaxmerge.pool.manifest``). A source that is not there is a ``SourceError``.
     base_config: the base's ``ModelConfig`` (shapes to check against). dtype: the stacks' dtype.
     mesh / rules: place the stacks sharded like the base weights (``stack_logical_axes``).
     """

@@ -2,10 +2,11 @@
 
 Read from ``adapter_config.json`` and the safetensors header only (no tensor data), so statistics
 over hundreds of adapters take seconds. The modules an adapter touches are those its weight keys
-name (its config's ``target_modules`` when the weights are unreadable); combinations are labelled as
-in the paper ("FFW (Down, Gate, Up) + Attn (K, O, Q, V) + LM_Head"), or per layer
-("L30.K + L30.V") when an adapter covers only some layers. A shapes file
-(``{"adapters": [{"r", "lora_alpha", "target_modules"}]}``) is accepted as a source too.
+name; an adapter whose config or weights cannot be read is listed as unreadable, never counted.
+Combinations are labelled as in the paper ("FFW (Down, Gate, Up) + Attn (K, O, Q, V) + LM_Head"), or
+per layer ("L30.K + L30.V") when an adapter covers only some layers. A shapes file
+(``{"adapters": [{"r", "lora_alpha", "target_modules"}]}``) and a pool manifest (its recorded configs,
+no download) are accepted as sources too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..models.schema import BLOCK, MODULES
 from ..safetensors_io import SafeFile
 from .peft_format import parse_key
+from . import manifest
 from .sources import expand_sources, is_shapes_file, resolve
 
 # the paper's labels: q_proj → "Q", gate_proj → "Gate"; grouped by the schema's block
@@ -33,41 +35,69 @@ def _short(target: str) -> str:
 
 
 def adapter_record(folder: str, source: str, contributor: str) -> dict:
-    """``{source, contributor, r, alpha, modules: sorted names, layers: {module: [layer...]}}``."""
+    """``{source, contributor, r, alpha, modules: sorted names, layers: {module: [layer...]}}``; raises
+    ``OSError``/``ValueError`` for an adapter whose config or weights cannot be read (never counted as an
+    ordinary adapter from its config alone)."""
     with open(os.path.join(folder, "adapter_config.json")) as f:
         cfg = json.load(f)
-    modules, layers = set(), {}
+    if not isinstance(cfg, dict):
+        raise ValueError("adapter_config.json is not a JSON object")
     weights = os.path.join(folder, "adapter_model.safetensors")
+    if not os.path.exists(weights):
+        raise OSError("only adapter_model.bin (pickle): never read" if
+                      os.path.exists(os.path.join(folder, "adapter_model.bin")) else "no adapter_model.safetensors")
+    modules, layers = set(), {}
     try:
-        for key in SafeFile(weights).keys():
-            k = parse_key(key)
-            if k.kind == "lora":
-                modules.add(k.module)
-                layers.setdefault(k.module, set()).add(k.layer)
-            elif k.kind in ("other_lora", "unknown_module"):
-                modules.add(_short(k.target))
-    except (OSError, ValueError):
-        tm = cfg.get("target_modules") or []
-        modules = {_short(t) for t in ([tm] if isinstance(tm, str) else tm)}
+        keys = SafeFile(weights).keys()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unreadable adapter_model.safetensors: {e}") from None
+    for key in keys:
+        k = parse_key(key)
+        if k.kind == "lora":
+            modules.add(k.module)
+            layers.setdefault(k.module, set()).add(k.layer)
+        elif k.kind in ("other_lora", "unknown_module"):
+            modules.add(_short(k.target))
     return {"source": source, "contributor": contributor, "r": cfg.get("r"), "alpha": cfg.get("lora_alpha"),
             "modules": sorted(modules), "layers": {m: sorted(v) for m, v in layers.items()}}
 
 
+def _recorded(source: str, contributor: str, r, alpha, targets) -> dict:
+    """A record from a recorded config (a shapes file or a manifest entry): no weights, so no layers."""
+    tm = targets or []
+    return {"source": source, "contributor": contributor, "r": r, "alpha": alpha,
+            "modules": sorted(map(_short, [tm] if isinstance(tm, str) else tm)), "layers": {}}
+
+
 def collect(sources, cache_dir: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Records of every readable adapter, and ``{source, reason}`` for the unreadable ones."""
+    """Records of every readable adapter, and ``{source, reason}`` for the unreadable ones. A manifest's
+    entries use their recorded configs; entries without one are read from the hub cache when fetched,
+    else counted with an unknown config (``r`` None)."""
     records, errors = [], []
     for s in sources if not isinstance(sources, (str, os.PathLike)) else [sources]:
         s = os.fspath(s)
         if is_shapes_file(s):
             with open(s) as f:
                 for i, a in enumerate(json.load(f)["adapters"]):
-                    tm = a.get("target_modules") or []
-                    records.append({"source": f"{s}#{i}", "contributor": "(unknown)", "r": a.get("r"),
-                                    "alpha": a.get("lora_alpha"), "modules": sorted(map(_short, tm)), "layers": {}})
+                    records.append(_recorded(f"{s}#{i}", "(unknown)", a.get("r"), a.get("lora_alpha"),
+                                             a.get("target_modules")))
             continue
         for src in expand_sources([s]):
+            entry = src.expected
+            if entry is not None:
+                records.append(_recorded(src.spec, src.contributor, entry.r, entry.lora_alpha, entry.target_modules))
+                continue
+            in_manifest = manifest.is_manifest(s)  # an id without a recorded config: from the cache, if fetched
             try:
-                records.append(adapter_record(resolve(src, cache_dir), src.spec, src.contributor))
+                folder = resolve(src, cache_dir, local_only=in_manifest)
+            except OSError as e:
+                if in_manifest:
+                    records.append(_recorded(src.spec, src.contributor, None, None, None))
+                else:
+                    errors.append({"source": src.spec, "reason": str(e)})
+                continue
+            try:
+                records.append(adapter_record(folder, src.spec, src.contributor))
             except (OSError, ValueError) as e:
                 errors.append({"source": src.spec, "reason": str(e)})
     return records, errors
@@ -107,8 +137,9 @@ def pool_stats(records: list[dict], num_layers: int | None = None) -> dict:
     ranks: dict[str, int] = {}
     combos: dict[str, int] = {}
     for r in records:
-        ranks[str(r["r"])] = ranks.get(str(r["r"]), 0) + 1
-        c = combination(r, num_layers)
+        rank = "unknown" if r["r"] is None else str(r["r"])
+        ranks[rank] = ranks.get(rank, 0) + 1
+        c = combination(r, num_layers) if r["r"] is not None else "(config unknown)"
         combos[c] = combos.get(c, 0) + 1
     order = lambda d: dict(sorted(d.items(), key=lambda x: (-x[1], x[0])))
     return {"num_adapters": len(records), "adapters_per_contributor": contributors, "ranks": order(ranks),
