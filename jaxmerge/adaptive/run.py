@@ -43,7 +43,7 @@ from .lorahub import search
 from .methods import METHODS, method as make_method
 from .selection import SIMILARITIES
 from .space import LoraSpec, Method
-from .target_lora import as_pool, init_lora, load_peft, lora_adapters, save_peft
+from .target_lora import as_pool, init_lora, load_target, lora_adapters, save_peft
 from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval, micro_batches, place_batch
 
 
@@ -163,8 +163,7 @@ def _target_pool(base, train_b, val_b, target_lora, steps, key, out_dir, mesh, p
         if not os.path.exists(os.path.join(peft_dir, "adapter_config.json")):
             _train_lora(make_method("target-lora", steps=steps), base, train_b, val_b, key, out_dir, mesh, progress)
         target_lora = peft_dir
-    lora, spec = load_peft(os.fspath(target_lora), base.config)
-    return as_pool(lora, spec.scale, name=f"target:{os.fspath(target_lora)}")
+    return load_target(os.fspath(target_lora), base.config)  # the pool loader: full PEFT semantics
 
 
 def _train_lora(m: Method, base, train_b, val_b, key, out_dir, mesh, progress):

@@ -1,5 +1,8 @@
 """Fresh LoRAs: the target-task LoRA (rank 64, α 16, all seven projections, 3e-4, 400 steps) and
-π-tuning's extra LoRA; saved in PEFT's format so they can join a pool (slot 0).
+π-tuning's extra LoRA; saved in PEFT's format so they can join a pool (slot 0). A target LoRA a user
+brings (``target_lora=`` / ``--target-lora``, any PEFT folder) is read by the pool loader
+(``load_target``), so it has full PEFT semantics: rsLoRA, ``layers_to_transform``, regex targets,
+rank/alpha patterns.
 
 A fresh LoRA is a trainable pytree ``{"a": {module: [L, r, in]}, "b": {module: [L, out, r]}}``; its
 scale s = alpha / r is static. A is drawn like PEFT's default (``kaiming_uniform_(a=√5)`` on a
@@ -10,23 +13,18 @@ Einsum letters: l layers, r rank rows, o out features, d in features.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import MODULES, LlamaConfig
+from ..config import MODULES, ModelConfig
 from ..lora import Factored
 from ..stacks import ModuleStack, Pool
 from .space import LoraSpec
 
-_GROUP = {m: ("self_attn" if m in MODULES[:4] else "mlp") for m in MODULES}
-
-
-def init_lora(config: LlamaConfig, spec: LoraSpec, key: jax.Array, modules=None, dtype=jnp.float32) -> dict:
+def init_lora(config: ModelConfig, spec: LoraSpec, key: jax.Array, modules=None, dtype=jnp.float32) -> dict:
     """A fresh LoRA's factors for ``modules`` (default ``spec.modules`` or all seven)."""
     modules = tuple(modules or spec.modules or MODULES)
     L, r = config.num_hidden_layers, spec.rank
@@ -61,7 +59,7 @@ def as_pool(lora: Mapping, scale: float, name: str = "target") -> Pool:
     return Pool(mods, (name,))
 
 
-def save_peft(lora: Mapping, spec: LoraSpec, config: LlamaConfig, out_dir: str, base_model: str | None = None) -> str:
+def save_peft(lora: Mapping, spec: LoraSpec, config: ModelConfig, out_dir: str, base_model: str | None = None) -> str:
     """The LoRA as a PEFT adapter folder (``pool.export.export_peft`` with its own factors and alpha)."""
     from ..pool.export import export_peft
     adapters = {m: Factored(jnp.asarray(a, jnp.float32), jnp.asarray(lora["b"][m], jnp.float32),
@@ -70,18 +68,15 @@ def save_peft(lora: Mapping, spec: LoraSpec, config: LlamaConfig, out_dir: str, 
     return export_peft(adapters, config, out_dir, lora_alpha=spec.alpha, base_model_name_or_path=base_model)
 
 
-def load_peft(path: str, config: LlamaConfig) -> tuple[dict, LoraSpec]:
-    """Read back a LoRA written by ``save_peft`` (uniform rank, every layer): (factors, spec)."""
-    from ..safetensors_io import SafeFile
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    st = SafeFile(os.path.join(path, "adapter_model.safetensors"))
-    mods = list(cfg["target_modules"])
-    a, b = {}, {}
-    for m in MODULES:
-        if m not in mods:
-            continue
-        pre = [f"base_model.model.model.layers.{i}.{_GROUP[m]}.{m}" for i in range(config.num_hidden_layers)]
-        a[m] = jnp.asarray(np.stack([np.asarray(st[p + ".lora_A.weight"], np.float32) for p in pre]))
-        b[m] = jnp.asarray(np.stack([np.asarray(st[p + ".lora_B.weight"], np.float32) for p in pre]))
-    return {"a": a, "b": b}, LoraSpec(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), modules=tuple(a))
+def load_target(path: str, config: ModelConfig, dtype=jnp.float32) -> Pool:
+    """A PEFT adapter folder as a one-adapter ``Pool`` named ``target:<path>`` (for slot 0), read by the
+    pool loader with its full PEFT semantics. Only what cannot be applied faithfully is refused (the
+    permissive policy: no norm, licence or pattern filter): an ``AdapterError`` naming the reason."""
+    from ..pool.filters import FilterPolicy
+    from ..pool.load import build_pool, inspect_sources
+    from ..pool.peft_format import AdapterError
+    infos, report = inspect_sources([path], config, FilterPolicy.permissive(), progress=False)
+    if not infos:
+        raise AdapterError(f"target LoRA {path}: {report.rows[0]['reason']}")
+    pool = build_pool(infos, config, dtype=dtype)
+    return Pool(pool.modules, (f"target:{path}",))
