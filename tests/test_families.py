@@ -203,3 +203,34 @@ def test_unknown_or_unsupported_config_names_it(tmp_path, field, value, match):
     p.write_text(json.dumps(cfg))
     with pytest.raises(jaxmerge.ConfigError, match=match):
         jaxmerge.load_base(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["qwen3_tied", "qwen2", "mistral"])
+def test_merge_export_of_every_family(tmp_path, name):
+    """``jaxmerge merge`` (folded model and PEFT adapter) on each family: transformers and PEFT load the
+    outputs, with the logits of W + the average of PEFT's own deltas (1e-4)."""
+    from jaxmerge.cli import main
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model_type, overrides = VARIANTS[name]
+    model = hf_model(tmp_path / "base", model_type, seed=6, **overrides)
+    deltas = [write_adapter(model, tmp_path / "ads" / f"a{i}", seed=i, r=2 + 2 * i, lora_alpha=8, scale_b=0.2)
+              for i in range(2)]
+    tok = tokens_for((2, 16), seed=4)
+    import copy
+    want = copy.deepcopy(model)
+    with torch.no_grad():
+        for (m, layer), _ in deltas[0].items():
+            mod = dict(want.named_modules())[f"model.layers.{layer}.{jaxmerge.models.schema.BLOCK[m]}.{m}"]
+            mod.weight += torch.tensor(sum(d[(m, layer)] for d in deltas) / 2)
+    ref = torch_logits(want, tok)
+    for fmt in ("model", "peft"):
+        out = tmp_path / fmt
+        assert main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "ads"), "--method",
+                     "average", "--format", fmt, "--permissive", "--out", str(out), "--quiet"]) == 0
+        if fmt == "model":
+            merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+        else:
+            merged = PeftModel.from_pretrained(copy.deepcopy(model), str(out)).eval()
+        np.testing.assert_allclose(torch_logits(merged, tok), ref, atol=1e-4, rtol=0, err_msg=fmt)
+    assert np.abs(ref - torch_logits(model, tok)).max() > 1e-2

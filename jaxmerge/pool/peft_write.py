@@ -50,8 +50,8 @@ def lora_key(layer: int, module: str, factor: str, block: str | None = None, pre
     if factor not in ("A", "B"):
         raise ValueError(f"factor {factor!r}: expected 'A' or 'B'")
     if block is None:
-        from ..config import ATTN_MODULES
-        block = "self_attn" if module in ATTN_MODULES else "mlp"
+        from ..models.schema import BLOCK  # the module's block, as the family schema declares it
+        block = BLOCK[module]
     return f"{prefix}.layers.{layer}.{block}.{module}.lora_{factor}.weight"
 
 
