@@ -271,6 +271,20 @@ def multi_lora_world():
 
 
 # --- a local Hugging Face hub and caches in huggingface_hub's own layout ------------------------------
+HUB_LICENSE = "---\nlicense: apache-2.0\n---\n"  # a model card whose front matter states a licence
+
+
+def folder_files(folder) -> dict[str, bytes]:
+    """``{relative path: bytes}`` of every file under ``folder`` (a repo's content for ``FakeHub.add``)."""
+    root = os.fspath(folder)
+    out = {}
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), root)] = fh.read()
+    return out
+
+
 class FakeHub:
     """A tiny HTTP server on 127.0.0.1 speaking enough of the Hub's API for ``huggingface_hub``'s own
     download code (``hf_hub_download``, ``snapshot_download``, ``model_info``/``dataset_info``,
@@ -293,9 +307,7 @@ class FakeHub:
         """Serve ``files`` (a folder, or ``{path: bytes}``) as ``repo_id``; returns its commit hash."""
         import hashlib
         if not isinstance(files, dict):
-            root = os.fspath(files)
-            files = {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-                     for d, _, fs in os.walk(root) for f in fs}
+            files = folder_files(files)
         entries = {}
         for path, data in sorted(files.items()):
             data = data.encode() if isinstance(data, str) else bytes(data)
@@ -485,3 +497,17 @@ def fixed_bernoulli(p, *args, **kwargs):
     """A drop-in for ``torch.bernoulli(p)`` that keeps entry i when fixed_uniform < p_i (the same mask)."""
     import torch
     return (torch.from_numpy(fixed_uniform(tuple(p.shape))) < p).to(p.dtype)
+
+
+def sharding_mismatches(params, config, mesh, rules) -> list[str]:
+    """Leaves of ``params`` whose sharding is not the one ``rules`` give their logical axes on ``mesh``."""
+    from jax.sharding import NamedSharding
+
+    from jaxmerge.sharding import param_logical_axes
+    axes = jax.tree_util.tree_flatten_with_path(param_logical_axes(config), is_leaf=lambda x: isinstance(x, tuple))[0]
+    bad = []
+    for (kp, leaf), (_, ax) in zip(jax.tree_util.tree_flatten_with_path(params)[0], axes):
+        want = rules.spec(ax, leaf.shape, mesh)
+        if not (isinstance(leaf.sharding, NamedSharding) and leaf.sharding.spec == want):
+            bad.append(f"{jax.tree_util.keystr(kp)}: {leaf.sharding} != {want}")
+    return bad

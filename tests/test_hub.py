@@ -1,11 +1,17 @@
 """Hub loading proven offline: caches written in huggingface_hub's own layout (``helpers.hub_cache``,
 by its own ``snapshot_download`` from a local ``FakeHub``), read back with ``HF_HUB_OFFLINE=1``."""
 
+import json
 import os
+import subprocess
+import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from helpers import hub_cache
+import jaxmerge
+from helpers import HUB_LICENSE, hf_llama, hub_cache, use_hub_cache, write_adapter
 
 
 def test_hub_cache_is_huggingface_hubs_own_layout(tmp_path):
@@ -32,22 +38,6 @@ def test_hub_cache_is_huggingface_hubs_own_layout(tmp_path):
 
 
 # --- load_base, merge and pools from hub ids, offline --------------------------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import jaxmerge  # noqa: E402
-from helpers import hf_llama, use_hub_cache, write_adapter  # noqa: E402
-
-LICENSE = "---\nlicense: apache-2.0\n---\n"
-
-
-def _files(folder):
-    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(folder) for f in fs}
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +47,10 @@ def hub(tmp_path_factory):
     model = hf_llama(root / "base", seed=4)
     for name, seed in (("a", 1), ("b", 2)):
         write_adapter(model, root / name, seed=seed, r=4, lora_alpha=8)
-        (root / name / "README.md").write_text(LICENSE)  # hub adapters need a licence (the paper's filter)
+        (root / name / "README.md").write_text(HUB_LICENSE)  # hub adapters need a licence (the paper's filter)
     cache = root / "cache"
     hub_cache(cache, {"someone/tiny-llama": root / "base"})
-    hub_cache(cache, {f"someone/lora-{n}": _files(root / n) for n in ("a", "b")})
+    hub_cache(cache, {f"someone/lora-{n}": root / n for n in ("a", "b")})
     return root, cache
 
 

@@ -11,16 +11,10 @@ import sys
 
 import pytest
 
-from helpers import FakeHub, hf_llama, online_hub, use_hub_cache, write_adapter
+from helpers import HUB_LICENSE, FakeHub, folder_files, hf_llama, online_hub, use_hub_cache, write_adapter
 from jaxmerge.pool import manifest
 from jaxmerge.pool.fetch import fetch
 
-LICENSE = "---\nlicense: apache-2.0\n---\n# an adapter\n"
-
-
-def _files(folder):
-    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(folder) for f in fs}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +25,8 @@ def world(tmp_path_factory):
     repos, entries = {}, []
     for name, r in (("good", 4), ("other", 8), ("mismatch", 4)):
         write_adapter(model, root / name, seed=r, r=r, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-        files = _files(root / name)
-        files.update({"README.md": LICENSE, "training_args.bin": b"pickle", "extra/notes.txt": b"not fetched"})
+        files = folder_files(root / name)
+        files.update({"README.md": HUB_LICENSE, "training_args.bin": b"pickle", "extra/notes.txt": b"not fetched"})
         repos[f"org/{name}"] = files
         recorded = 8 if name == "mismatch" else r  # the manifest says r=8, the adapter has r=4
         entries.append({"id": f"org/{name}", "r": recorded, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"]})

@@ -12,7 +12,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 import jaxmerge
-from jaxmerge.sharding import ShardingRules, param_logical_axes
+from helpers import sharding_mismatches
+from jaxmerge.sharding import ShardingRules
 
 assert jax.device_count() == 8, jax.devices()
 mesh = jax.make_mesh((2, 4), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
@@ -23,13 +24,7 @@ for path, adapter, ref_file in json.loads(sys.argv[1]):
     ref = np.load(ref_file)
     sharded = jaxmerge.load_base(path, dtype="float32", mesh=mesh, rules=rules)
     config = sharded.config
-    axes = param_logical_axes(config)
-    bad = []
-    for (kp, leaf), (_, ax) in zip(jax.tree_util.tree_flatten_with_path(sharded.params)[0],
-                                   jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, tuple))[0]):
-        want = rules.spec(ax, leaf.shape, mesh)
-        if not (isinstance(leaf.sharding, NamedSharding) and leaf.sharding.spec == want):
-            bad.append(f"{jax.tree_util.keystr(kp)}: {leaf.sharding.spec} != {want}")
+    bad = sharding_mismatches(sharded.params, config, mesh, rules)
     q = sharded.params["layers"]["self_attn"]["q_proj"]
     q_sharded = q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 4, q.shape[2] // 2)
     pool, _ = jaxmerge.load_pool([adapter], config, mesh=mesh, rules=rules, progress=False)

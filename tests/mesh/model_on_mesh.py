@@ -10,7 +10,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 import jaxmerge
-from jaxmerge.sharding import ShardingRules, param_logical_axes
+from helpers import sharding_mismatches
+from jaxmerge.sharding import ShardingRules
 
 path = sys.argv[1]
 assert jax.device_count() == 8, jax.devices()
@@ -20,13 +21,7 @@ sharded = jaxmerge.load_base(path, dtype="float32", mesh=mesh, rules=rules)
 single = jaxmerge.load_base(path, dtype="float32")
 
 # Every param carries the sharding the rules imply (indivisible dims replicated).
-axes = param_logical_axes(sharded.config)
-bad = []
-for (kp, leaf), (_, ax) in zip(jax.tree_util.tree_flatten_with_path(sharded.params)[0],
-                               jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, tuple))[0]):
-    want = rules.spec(ax, leaf.shape, mesh)
-    if not (isinstance(leaf.sharding, NamedSharding) and leaf.sharding.spec == want):
-        bad.append(f"{jax.tree_util.keystr(kp)}: {leaf.sharding} != {want}")
+bad = sharding_mismatches(sharded.params, sharded.config, mesh, rules)
 q = sharded.params["layers"]["self_attn"]["q_proj"]
 shard_shape = q.addressable_shards[0].data.shape
 
