@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "merge": ("jaxmerge.bench.merge_bench", "merge throughput: jaxmerge vs the float32 matmul peak and PEFT"),
     "train": ("jaxmerge.bench.train_bench", "coefficient-training throughput"),
+    "select": ("jaxmerge.bench.select_bench", "evaluation-based selection: batched pool scoring vs transformers+PEFT"),
 }
 
 
