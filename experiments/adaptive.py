@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", choices=ACTIVATIONS)
     p.add_argument("--steps", type=int, help="tuning steps (default: the method's recipe)")
     p.add_argument("--target-lora-steps", type=int, help="steps of the target-task LoRA (recipe: 400)")
+    p.add_argument("--budget", default="auto", help="paper | cpu (experiments.budgets) | auto: cpu for a real-model "
+                                                    "world on a CPU backend, else the paper's recipe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/adaptive/TASK/seedS/METHOD…)")
     p.add_argument("--references", choices=("auto", "all"), default="auto",
@@ -85,7 +87,8 @@ def check_args(args) -> None:
             raise UserError(f"--{flag.replace('_', '-')} {v}: must be ≥ 1")
     if args.seed < 0:
         raise UserError(f"--seed {args.seed}: must be ≥ 0")
-    if args.base is not None and not os.path.exists(args.base) and not HUB_ID.fullmatch(args.base):
+    if args.base is not None and not os.path.exists(args.base) and not HUB_ID.fullmatch(args.base) \
+            and not args.base.startswith("pypi:"):
         raise UserError(f"--base {args.base}: no such file or folder, and not a hub id of the form 'owner/name'")
     from jaxmerge.pool.sources import SourceError, check_source
     for src in args.pool or ():  # a path, a hub id or a pool manifest (paper-llama31-8b …)
@@ -94,9 +97,10 @@ def check_args(args) -> None:
         except SourceError as e:
             raise UserError(f"--pool {src}: {str(e).split(': ', 1)[1]}") from None
     if args.task is not None and not os.path.exists(args.task):
-        from jaxmerge.tasks import REGISTRY
+        from jaxmerge.tasks import ALIASES, REGISTRY
         kind = world_kind(args.world)
-        if args.task not in REGISTRY and args.task not in kind.targets:
+        if args.task not in REGISTRY and args.task not in ALIASES and args.task not in kind.targets \
+                and not args.task.startswith("bigbench:"):
             raise UserError(f"--task {args.task}: not a task of world {args.world!r} ({', '.join(kind.targets)}), "
                             f"not a registry task (`jaxmerge tasks list`), and no such file or folder")
     world_kind(args.world)
@@ -171,6 +175,10 @@ def run(args) -> dict:
         print(report.summary())
         os.makedirs(out, exist_ok=True)
         report.save(os.path.join(out, "pool_report.json"))
+    from experiments.budgets import resolve as resolve_budget
+    budget = resolve_budget(args.budget, args.world if args.base is None else None)
+    if args.target_lora_steps is None:
+        args.target_lora_steps = budget.target_lora_steps
     zero, target = references(args, base, task, needs_target)
     if args.method == "zero-shot":
         result = dict(zero)
@@ -181,15 +189,17 @@ def run(args) -> dict:
         if wanted is not None and wanted > k:
             print(f"note: k={wanted} > {pool.num_adapters} adapters kept in the pool; merging all of them")
         overrides = {f: getattr(args, f) for f in ("granularity", "activation") if getattr(args, f) is not None}
+        overrides.update({k: v for k, v in budget.overrides(args.method).items() if k != "steps"})
         if args.selection is not None:
             overrides["selection_kind"] = args.selection
-        result = run_method(args.method, base, pool, task, k=k, out_dir=out, steps=args.steps,
+        steps = args.steps if args.steps is not None else budget.overrides(args.method).get("steps")
+        result = run_method(args.method, base, pool, task, k=k, out_dir=out, steps=steps,
                             with_target_lora=args.with_target_lora, random_pool=args.random_pool,
                             target_lora=None if target is None else target["adapter_path"],
                             target_lora_steps=args.target_lora_steps, seed=args.seed, progress=not args.quiet,
                             **overrides)
     reused = result.pop("reused", False)
-    result = {**result, "zero_shot_accuracy": zero["test_accuracy"],
+    result = {**result, "budget": budget.to_dict(), "zero_shot_accuracy": zero["test_accuracy"],
               "target_lora_accuracy": None if target is None else target["test_accuracy"],
               "references": {"zero-shot": zero["out_dir"], "target-lora": None if target is None else target["out_dir"]}}
     path = save_json(os.path.join(out, "result.json"), result)

@@ -33,6 +33,8 @@ import time
 
 from jaxmerge.cache import build_lock, cache_root
 
+from . import world_smollm2 as _smollm2  # the real-model world (its module needs nothing from this one at import)
+
 VERSION = 2
 POOL_FAMILIES = ("add", "sub", "successor", "max", "count", "first", "sentiment", "boolean", "color", "translate",
                  "category", "antonym")
@@ -179,7 +181,9 @@ def build_small(root: str | None = None, seed: int = 0, progress: bool = True) -
     return build_world(root, "small", seed, progress)
 
 
-WORLDS: dict[str, WorldKind] = {"default": _embedded("default"), "small": _embedded("small")}
+WORLDS: dict[str, WorldKind] = {"default": _embedded("default"), "small": _embedded("small"),
+                                 _smollm2.NAME: WorldKind("experiments.world_smollm2:build", tuple(_smollm2.TARGETS),
+                                                          _smollm2.DEFAULT_TASK)}
 
 
 def get_world(name: str, root: str | None = None, seed: int = 0, progress: bool = True) -> World:

@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..atomic import to_jsonable
+from ..atomic import to_jsonable, write_jsonl
 from ..errors import UserError
 from ..lora import Dense
 from ..merge.coefficients import factored_adapters, module_coefficients
 from ..stacks import ModuleStack, Pool
-from ..tasks import encode, evaluate
+from ..tasks import concat_batches, encode, predictions
 from . import checkpoint as ckpt
 from .identity import differences, file_fingerprint, pool_identity, run_identity
 from .lorahub import search
@@ -103,8 +103,10 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
         adapters, history, res, arrays = _tune(m, merged, frozen, config, train_b, val_b, keys, out_dir, mesh, progress)
         result.update(res)
         arrays.update(indices=np.asarray(info["indices"]))
-    acc = evaluate(params, config, tok, task_data.test, task.protocol, adapters=adapters,
-                   batch_size=eval_batch_size, max_new_tokens=task.max_new_tokens, system=task.system)
+    rows = predictions(params, config, tok, task_data.test, task.protocol, adapters=adapters,
+                       batch_size=eval_batch_size, max_new_tokens=task.max_new_tokens, system=task.system)
+    write_jsonl(os.path.join(out_dir, "predictions.jsonl"), rows)  # exactly what was scored, per test example
+    acc = float(np.mean([r["correct"] for r in rows]))
     coef_path = ckpt.save_npz(os.path.join(out_dir, "coefficients.npz"), arrays) if arrays else None
     result.update(test_accuracy=float(acc), coefficients_path=coef_path, history=history,
                   seconds=round(time.time() - t0, 2), identity=identity)
@@ -236,8 +238,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
 
     res: dict[str, Any] = {}
     if m.tuning.kind == "gradient_free":
-        both = {key: np.concatenate([train_b[key], _pad_to(val_b[key], train_b[key].shape[1])])
-                for key in train_b}
+        both = concat_batches(train_b, val_b)
         ev = make_eval(loss_fn, penalty)
         all_b = place_batch(micro_batches(both, EVAL_MICRO))
         sr = search(lambda w: float(ev({"w": jnp.asarray(w, jnp.float32)}, fz, all_b)), np.asarray(w0),
@@ -272,15 +273,6 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
 def _row_mask(s: ModuleStack) -> jax.Array:
     """``[L, R]`` 1 on rows of (adapter, layer) pairs that exist: joint tuning keeps absent ones at 0."""
     return s.present.T[:, jnp.asarray(s.owner, jnp.int32)].astype(s.a.dtype)
-
-
-def _pad_to(x: np.ndarray, T: int) -> np.ndarray:
-    x = np.asarray(x)
-    if x.shape[1] == T:
-        return x
-    if x.shape[1] > T:
-        raise ValueError("validation rows longer than training rows")
-    return np.pad(x, ((0, 0), (0, T - x.shape[1])))
 
 
 EVAL_MICRO = 8  # rows per micro-batch when a whole split is evaluated at once (LoraHub's loss, _loss)
