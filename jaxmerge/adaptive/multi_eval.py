@@ -36,7 +36,7 @@ from ..generate import generate
 from ..lora import Factored
 from ..progress import track
 from ..stacks import Pool
-from ..tasks.encode import encode, pad_id, token_logprobs
+from ..tasks.encode import answer_logprobs, encode, pad_id, token_logprobs
 from ..tasks.spec import normalize
 
 
@@ -97,11 +97,13 @@ def _batches(pool: Pool, indices: Sequence[int] | None, adapters_per_batch: int)
 
 def _pad_examples(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
     """Pad rows to a multiple (copies of row 0 with an all-zero loss mask) and reshape to
-    ``[chunks, multiple, T]``."""
+    ``[chunks, multiple, T]`` (``answer_index`` ``[chunks, multiple, A]`` when the batch has it)."""
     n = batch["tokens"].shape[0]
     pad = -n % multiple
     out = {}
-    for k in ("tokens", "attention_mask", "loss_mask"):
+    for k in ("tokens", "attention_mask", "loss_mask", "answer_index"):
+        if k not in batch:
+            continue
         v = np.asarray(batch[k])
         if pad:
             fill = np.zeros_like(v[:1]) if k == "loss_mask" else v[:1]
@@ -112,17 +114,17 @@ def _pad_examples(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, n
 
 # --- loss score --------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("config", "n_adapters"))
-def _batch_nll_sums(params, stacks, plan, tokens, attention_mask, loss_mask, config, n_adapters):
-    """Summed answer-token NLL per adapter row ``[B]``; tokens etc. ``[chunks, E_c, T]``."""
+def _batch_nll_sums(params, stacks, plan, rows, config, n_adapters):
+    """Summed answer-token NLL per adapter row ``[B]``; ``rows`` (tokens etc.) ``[chunks, E_c, T]``. With
+    ``answer_index`` the LM head runs at the answer positions only (``answer_logprobs``)."""
     adapters = gather_batched(stacks, plan)  # group j = adapter j; rows j·E + e after the tile below
-    e_c = tokens.shape[1]
+    e_c = rows["tokens"].shape[1]
 
     def chunk(acc, xs):
-        tok, am, lm = (jnp.tile(x, (n_adapters, 1)) for x in xs)
-        lp = token_logprobs(params, config, tok, am, adapters)
-        return acc + (-(lp * lm.astype(jnp.float32)).sum(1)).reshape(n_adapters, e_c).sum(1), None
+        lp, w = answer_logprobs(params, config, {k: jnp.tile(x, (n_adapters, 1)) for k, x in xs.items()}, adapters)
+        return acc + (-(lp * w).sum(1)).reshape(n_adapters, e_c).sum(1), None
 
-    acc, _ = jax.lax.scan(chunk, jnp.zeros((n_adapters,), jnp.float32), (tokens, attention_mask, loss_mask))
+    acc, _ = jax.lax.scan(chunk, jnp.zeros((n_adapters,), jnp.float32), rows)
     return acc
 
 
@@ -131,7 +133,8 @@ def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping
                 progress: bool = True) -> np.ndarray:
     """Mean answer-token loss ``[n]`` (float64) of each adapter in ``indices`` (default: all) applied
     alone (Σ s_i B_i A_i) on ``batch`` (``tokens``, ``attention_mask``, ``loss_mask`` ``[E, T]``, the
-    next-token convention of ``jaxmerge.tasks.encode``). Lower is better."""
+    next-token convention of ``jaxmerge.tasks.encode``; with its ``answer_index`` the LM head runs at the answer
+    positions only). Lower is better."""
     count = float(np.asarray(batch["loss_mask"]).sum())
     if count == 0:
         raise ValueError("batch has no answer tokens (loss_mask is all zero)")
@@ -141,8 +144,7 @@ def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping
     out = {}
     batches = list(_batches(pool, idx, adapters_per_batch))
     for real, padded in track(batches, desc="score pool (loss)", unit="batch", enabled=progress):
-        sums = _batch_nll_sums(params, stacks, gather_plan(pool, padded), ex["tokens"], ex["attention_mask"],
-                               ex["loss_mask"], config, len(padded))
+        sums = _batch_nll_sums(params, stacks, gather_plan(pool, padded), ex, config, len(padded))
         out.update(zip(real.tolist(), np.asarray(sums, np.float64)[:len(real)] / count))
     return np.array([out[int(i)] for i in idx])
 
