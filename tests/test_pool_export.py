@@ -109,7 +109,7 @@ def test_peft_export_with_own_alpha_round_trips_and_checks_multipliers(merged, t
     """``lora_alpha=``: a trained LoRA's own factors and alpha are written as they are (PEFT reloads
     the same delta; our reader gets back the same A, B and scale); inconsistent input is refused."""
     from jaxmerge.adaptive.space import LoraSpec
-    from jaxmerge.adaptive.target_lora import load_peft, lora_adapters
+    from jaxmerge.adaptive.target_lora import load_target, lora_adapters
     root, base, _, _, tokens, _ = merged
     rng = np.random.default_rng(5)
     spec = LoraSpec(rank=4, alpha=8.0)
@@ -122,11 +122,11 @@ def test_peft_export_with_own_alpha_round_trips_and_checks_multipliers(merged, t
     export_peft(adapters, base.config, str(tmp_path / "own"), lora_alpha=spec.alpha)
     cfg = json.loads((tmp_path / "own" / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
-    back, back_spec = load_peft(str(tmp_path / "own"), base.config)
-    assert back_spec.scale == spec.scale
+    back = load_target(str(tmp_path / "own"), base.config)  # the pool loader reads it back
     for m in lora["a"]:
-        np.testing.assert_array_equal(np.asarray(back["a"][m]), np.asarray(lora["a"][m]))
-        np.testing.assert_array_equal(np.asarray(back["b"][m]), np.asarray(lora["b"][m]))
+        assert float(back.modules[m].scale[0]) == spec.scale
+        np.testing.assert_array_equal(np.asarray(back.modules[m].a), np.asarray(lora["a"][m]))
+        np.testing.assert_array_equal(np.asarray(back.modules[m].b), np.asarray(lora["b"][m]))
     ours = np.asarray(jaxmerge.forward(base.params, jnp.asarray(tokens), base.config, adapters=adapters))
     np.testing.assert_allclose(_peft_logits(root, tmp_path / "own", tokens), ours, **TOL)
     with pytest.raises(ValueError, match="alpha/r"):
