@@ -185,7 +185,8 @@ def run(args) -> dict:
     elif args.method == "target-lora":
         result = dict(target)
     else:
-        k, wanted = effective_k(args.method, args.k, pool.num_adapters), requested_k(args.method, args.k)
+        want_k = args.k if args.k is not None else budget.k
+        k, wanted = effective_k(args.method, want_k, pool.num_adapters), requested_k(args.method, want_k)
         if wanted is not None and wanted > k:
             print(f"note: k={wanted} > {pool.num_adapters} adapters kept in the pool; merging all of them")
         overrides = {f: getattr(args, f) for f in ("granularity", "activation") if getattr(args, f) is not None}

@@ -4,10 +4,11 @@
     overrides = budget.overrides("ours")                  # Method/Tuning fields for run_method
 
 ``paper`` changes nothing (100 tuning steps, LoraHub's 100 evaluations, a 400-step target LoRA, batch 8,
-validation every 10 steps). ``cpu`` shortens the recipe where the paper's does not fit the issue's CPU
-bars (one ``--method ours`` run ≤ 10 min, the whole sweep ≤ 6 CPU-hours on SmolLM2-135M): fewer tuning
-steps, fewer gradient-free evaluations, a shorter target LoRA, validation more often so the best state is
-still chosen among several. The budget a run used is written into its result.json.
+validation every 10 steps, k = 30). ``cpu`` shortens the recipe where the paper's does not fit the
+issue's CPU bars (one ``--method ours`` run ≤ 10 min, the whole sweep ≤ 6 CPU-hours on SmolLM2-135M):
+fewer tuning steps, fewer gradient-free evaluations, a shorter target LoRA, validation more often so the
+best state is still chosen among several, and k = 10 of the world's 24 LoRAs (k = 30 would merge the
+whole pool and leave selection nothing to choose). The budget a run used is written into its result.json.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Budget:
     evaluations: int | None = None        # LoraHub's gradient-free loss evaluations (the paper: 100)
     target_lora_steps: int | None = None  # the target-task LoRA's steps (the paper: 400)
     eval_every: int | None = None         # validation interval (the paper: 10)
+    k: int | None = None                  # LoRAs merged (the paper: 30, π-tuning 20)
 
     def overrides(self, method_name: str) -> dict:
         """Tuning fields for ``run_method`` (None = the method's recipe)."""
@@ -41,7 +43,7 @@ class Budget:
 
 
 BUDGETS = {"paper": Budget("paper"),
-           "cpu": Budget("cpu", steps=30, evaluations=30, target_lora_steps=100, eval_every=5)}
+           "cpu": Budget("cpu", steps=30, evaluations=30, target_lora_steps=100, eval_every=5, k=10)}
 CPU_WORLDS = ("smollm2-bigbench",)  # worlds whose base is too large for the paper's recipe on CPUs
 
 

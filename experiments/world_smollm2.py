@@ -55,6 +55,7 @@ RANKS = (16, 8, 64, 32, 4)
 ALPHAS = (16, 32, 8, None)  # None: alpha = r
 KINDS = ("all", "qv", "all", "qkvo", "all")
 N_TEST = 200
+LAYERS = 30  # SmolLM2-135M's (layers_to_transform takes the upper half)
 TRAIN = dict(steps=30, batch=4, lr=3e-3, examples=240, chunk=4, max_len=192)
 
 
@@ -77,7 +78,7 @@ def recipe(seed: int = 0) -> dict:
     from .world import BROKEN
     return dict(world=NAME, version=VERSION, seed=seed, base=BASE, targets=TARGETS, n_test=N_TEST,
                 related={t: list(v) for t, v in RELATED.items()}, train=TRAIN, broken=BROKEN,
-                pool=dict(specs=pool_specs(30, seed)))  # SmolLM2-135M has 30 layers
+                pool=dict(specs=pool_specs(LAYERS, seed)))
 
 
 def recipe_hash(r: dict) -> str:

@@ -21,7 +21,6 @@ vocabulary, rope scaling, an unknown tensor — is a ``GGUFError`` naming it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 

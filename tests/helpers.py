@@ -511,3 +511,154 @@ def sharding_mismatches(params, config, mesh, rules) -> list[str]:
         if not (isinstance(leaf.sharding, NamedSharding) and leaf.sharding.spec == want):
             bad.append(f"{jax.tree_util.keystr(kp)}: {leaf.sharding} != {want}")
     return bad
+
+
+# --- GGUF files and a local package index (jaxmerge.gguf, registry sources, the smollm2 world) ---------
+GGUF_DIMS = dict(hidden=64, ffn=96, layers=2, heads=4, kv_heads=2, head_dim=16)
+GGUF_CHAT = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte → printable character table (the alphabet of byte-level BPE vocabularies)."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def _gguf_vocab():
+    """A byte-level BPE vocabulary: 3 control tokens, the 256 byte characters, a few merges, control padding."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = ["Ġ t", "h e", "Ġt he", "a t", "Ġ c", "Ġc at", "Ġ s", "Ġs at", "Ġ m", "Ġm at", "o n", "Ġ on"]
+    tokens = specials + _byte_chars() + [m.replace(" ", "") for m in merges]
+    tokens += [f"<pad{i}>" for i in range(-len(tokens) % 32)]  # unused control slots, as real vocabularies have
+    types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
+    types[-1] = 3
+    return tokens, merges, types
+
+
+def llama_cpp_permute(w, n_head):
+    """llama.cpp's convert_hf_to_gguf row permutation of q/k (rotary halves interleaved per head)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path, tied: bool, seed: int = 0) -> None:
+    """A tiny Llama as a GGUF file written by the gguf package's writer: quantised tensor types (Q4_0,
+    Q4_1, Q5_0, Q5_1, Q8_0, F16, F32), llama.cpp's q/k permutation, a byte-level BPE vocabulary with
+    control tokens and a ChatML template; ``tied``: no output.weight."""
+    import gguf
+    Q = gguf.GGMLQuantizationType
+    d = GGUF_DIMS
+    D, F, L, H, G, K = d["hidden"], d["ffn"], d["layers"], d["heads"], d["kv_heads"], d["head_dim"]
+    rng = np.random.default_rng(seed)
+    tokens, merges, types = _gguf_vocab()
+    w = gguf.GGUFWriter(os.fspath(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_block_count(L)
+    w.add_context_length(256)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(G)
+    w.add_rope_dimension_count(K)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+    w.add_chat_template(GGUF_CHAT)
+
+    def tensor(name, shape, qtype, scale=0.2, offset=0.0, n_head=None):
+        x = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
+        if n_head is not None:
+            x = llama_cpp_permute(x, n_head)
+        if qtype == Q.F32:
+            w.add_tensor(name, x)
+        elif qtype == Q.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+
+    tensor("token_embd.weight", (len(tokens), D), Q.Q8_0, scale=1.0)
+    tensor("output_norm.weight", (D,), Q.F32, 0.1, 1.0)
+    if not tied:
+        tensor("output.weight", (len(tokens), D), Q.Q4_1)
+    kinds = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.F16, Q.Q5_1, Q.Q4_1]
+    for i in range(L):
+        tensor(f"blk.{i}.attn_norm.weight", (D,), Q.F32, 0.1, 1.0)
+        tensor(f"blk.{i}.ffn_norm.weight", (D,), Q.F32, 0.1, 1.0)
+        tensor(f"blk.{i}.attn_q.weight", (H * K, D), kinds[i % 7], n_head=H)
+        tensor(f"blk.{i}.attn_k.weight", (G * K, D), kinds[(i + 1) % 7], n_head=G)
+        tensor(f"blk.{i}.attn_v.weight", (G * K, D), kinds[(i + 2) % 7])
+        tensor(f"blk.{i}.attn_output.weight", (D, H * K), kinds[(i + 3) % 7])
+        tensor(f"blk.{i}.ffn_gate.weight", (F, D), kinds[(i + 4) % 7])
+        tensor(f"blk.{i}.ffn_up.weight", (F, D), kinds[(i + 5) % 7])
+        tensor(f"blk.{i}.ffn_down.weight", (D, F), kinds[(i + 6) % 7])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def fake_wheel(path, name, version, files):
+    """A wheel (zip) of ``files`` {member: bytes|str} with minimal dist-info."""
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        for member, data in files.items():
+            z.writestr(member, data)
+        info = f"{name.replace('-', '_')}-{version}.dist-info"
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+
+
+def fake_sdist(path, top, files):
+    """A gzipped-tar sdist under ``top/`` of ``files`` whose setup.py cannot build (as pip meets some sdists)."""
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as t:
+        for member, data in {**files, f"{top}/PKG-INFO": "Metadata-Version: 2.1\nName: x\n",
+                             f"{top}/setup.py": "raise SystemExit('not buildable here')\n"}.items():
+            blob = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(member)
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+
+
+def local_index(root, dists) -> str:
+    """A PEP 503 index under ``root/simple`` listing ``dists`` = {project: [archive paths]} with their
+    sha256; returns its file:// URL."""
+    import hashlib
+    for project, files in dists.items():
+        page = os.path.join(root, "simple", project)
+        os.makedirs(page, exist_ok=True)
+        links = "".join(f'<a href="file://{f}#sha256={hashlib.sha256(open(f, "rb").read()).hexdigest()}">'
+                        f"{os.path.basename(f)}</a>\n" for f in files)
+        with open(os.path.join(page, "index.html"), "w") as fh:
+            fh.write(f"<html><body>{links}</body></html>")
+    return f"file://{root}/simple"
+
+
+def use_local_index(monkeypatch, url: str, cache: str) -> None:
+    """pip and jaxmerge.registry_source see only the index at ``url`` (no machine pip.conf, no find-links,
+    no pip cache), and jaxmerge's cache is ``cache``."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setenv("JAXMERGE_CACHE", cache)

