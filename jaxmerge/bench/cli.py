@@ -1,4 +1,4 @@
-"""``jaxmerge bench {merge,train}``: each benchmark module provides ``add_arguments(parser)`` and
+"""``jaxmerge bench {merge,train,export,…}``: each benchmark module provides ``add_arguments(parser)`` and
 ``run(args) -> int``; modules load lazily, and one missing from this build says so."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "merge": ("jaxmerge.bench.merge_bench", "merge throughput: jaxmerge vs the float32 matmul peak and PEFT"),
     "train": ("jaxmerge.bench.train_bench", "coefficient-training throughput"),
+    "export": ("jaxmerge.bench.export_bench", "streamed merge into a checkpoint: jaxmerge vs mergekit vs PEFT"),
     "select": ("jaxmerge.bench.select_bench", "evaluation-based selection: batched pool scoring vs transformers+PEFT"),
 }
 

@@ -9,7 +9,9 @@ Weights are N(0, 0.02) (norms 1 ± 0.1), in ``--dtype`` (bf16 by default), one t
 ``jaxmerge.pool.export.StreamWriter``; ``config.json`` is transformers' own ``LlamaConfig`` with the
 dims of ``--model`` (a known name or a config.json) and ``--layers``. Adapter factors: A ~ U(±1/√in)
 (PEFT's kaiming init), B ~ N(0, σ) with σ set so that the adapter's scaled ‖ΔW‖_F over all its modules
-and layers is about ``norm`` (10: inside the pool filter's (1, 1000] at any dims).
+and layers is about ``norm`` (10: inside the pool filter's (1, 1000] at any dims), or so that ΔW's
+entries have std ``delta_std`` (``--delta-std``; 1e-3 ≈ 5 % of the weights' 0.02, a visible update
+even after bf16 rounding).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def write_checkpoint(folder: str, config: ModelConfig, *, seed: int = 0, dtype="
 
 
 def write_adapters(folder: str, config: ModelConfig, shapes: Sequence[AdapterShape], *, seed: int = 0,
-                   dtype="bfloat16", norm: float = 10.0, progress: bool = True) -> list[str]:
+                   dtype="bfloat16", norm: float = 10.0, delta_std: float | None = None,
+                   progress: bool = True) -> list[str]:
     """One PEFT adapter folder per shape, ``folder/adapter{i:03d}``, every layer of its modules."""
     dtype = np.dtype(dtype)
     paths = []
@@ -100,12 +103,15 @@ def write_adapters(folder: str, config: ModelConfig, shapes: Sequence[AdapterSha
         b_std = norm / np.sqrt(sum(s * s * config.module_shape(m)[0] * sh.r / 3 for m in sh.modules)
                                * config.num_hidden_layers)
         tensors = {}
+        if delta_std is not None:  # E[(s·B·A)²_ij] = s²·r·σ²/(3·in) per module
+            b_std = {m: delta_std * np.sqrt(3 * config.module_shape(m)[1] / sh.r) / s for m in sh.modules}
         for l in range(config.num_hidden_layers):
             for m in sh.modules:
                 out_dim, in_dim = config.module_shape(m)
                 bound = 1 / np.sqrt(in_dim)
                 tensors[lora_key(l, m, "A")] = rng.uniform(-bound, bound, (sh.r, in_dim)).astype(np.float32).astype(dtype)
-                tensors[lora_key(l, m, "B")] = _normal(rng, (out_dim, sh.r), b_std, dtype)
+                std = b_std[m] if isinstance(b_std, dict) else b_std
+                tensors[lora_key(l, m, "B")] = _normal(rng, (out_dim, sh.r), std, dtype)
         path = os.path.join(folder, f"adapter{i:03d}")
         write_adapter(path, lora_config(sh.r, sh.alpha, sh.modules), tensors)
         paths.append(path)
@@ -119,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--adapters", type=int, default=0, help="k adapters drawn from the real pool's shapes")
     p.add_argument("--pool-shapes", help="shapes file or manifest (default: the shipped Llama manifest)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--delta-std", type=float, default=1e-3, help="std of each adapter's ΔW entries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="OUT/base (checkpoint) and OUT/adapters/adapterNNN")
     a = p.parse_args(argv)
@@ -128,7 +135,8 @@ def main(argv=None) -> int:
     write_checkpoint(os.path.join(a.out, "base"), config, seed=a.seed, dtype=a.dtype)
     if a.adapters:
         shapes = draw(load_shapes(a.pool_shapes)[0], a.adapters, a.seed)
-        write_adapters(os.path.join(a.out, "adapters"), config, shapes, seed=a.seed, dtype=a.dtype)
+        write_adapters(os.path.join(a.out, "adapters"), config, shapes, seed=a.seed, dtype=a.dtype,
+                       delta_std=a.delta_std)
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
