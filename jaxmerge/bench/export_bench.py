@@ -101,14 +101,14 @@ def _inputs(args, config):
     return root, base, [os.path.join(ads, f"adapter{i:03d}") for i in range(len(shapes))], shapes
 
 
-def _sample(folder: str, keys: list[str]):
+def sample(folder: str, keys: list[str]):
     import numpy as np
     from ..pool.export import Checkpoint
     ckpt = Checkpoint(folder)
     return {k: np.asarray(ckpt[k], np.float32) for k in keys}
 
 
-def _oracle(method: str, base: str, ads: list[str], keys: list[str]) -> dict:
+def oracle(method: str, base: str, ads: list[str], keys: list[str]) -> dict:
     """W + merge_utils(method)(ΔW_i) in float32, rounded to bf16: the independent reference of each key."""
     import ml_dtypes
     import numpy as np
@@ -138,7 +138,8 @@ def _oracle(method: str, base: str, ads: list[str], keys: list[str]) -> dict:
     return out
 
 
-def _agreement(a: dict, b: dict) -> float:
+def agreement(a: dict, b: dict) -> float:
+    """max |a − b| / max |b| over the sampled tensors."""
     import numpy as np
     return float(max(np.abs(a[k] - b[k]).max() for k in b) / max(np.abs(b[k]).max() for k in b))
 
@@ -189,7 +190,7 @@ def run(args) -> int:
             out = os.path.join(scratch, name)
             log(f"{method}: {name} …")
             runs[name] = fn(*a, out, os.path.join(scratch, f"{name}.log"))
-            samples[name] = _sample(out, keys)
+            samples[name] = sample(out, keys)
             shutil.rmtree(out, ignore_errors=True)
             log(f"{method}: {name} {runs[name]['seconds']} s, peak RSS {runs[name]['peak_rss_bytes'] / 2**30:.2f} GiB")
 
@@ -204,13 +205,13 @@ def run(args) -> int:
             shutil.rmtree(cache, ignore_errors=True)
         entry = {"runs": runs, "agreement": {}}
         oracles = {int(name.split("_k")[1]) for name in runs}
-        oracles = {k: _oracle(method, base, ads[:k], keys) for k in sorted(oracles)}
+        oracles = {k: oracle(method, base, ads[:k], keys) for k in sorted(oracles)}
         for name in runs:
-            entry["agreement"][f"{name}_vs_oracle"] = _agreement(samples[name], oracles[int(name.split("_k")[1])])
+            entry["agreement"][f"{name}_vs_oracle"] = agreement(samples[name], oracles[int(name.split("_k")[1])])
         for other in runs:
             if not other.startswith("jaxmerge"):
                 k = other.split("_k")[1]
-                entry["agreement"][f"jaxmerge_vs_{other}"] = _agreement(samples[f"jaxmerge_k{k}"], samples[other])
+                entry["agreement"][f"jaxmerge_vs_{other}"] = agreement(samples[f"jaxmerge_k{k}"], samples[other])
                 entry[f"speedup_vs_{other}"] = round(runs[other]["seconds"] / runs[f"jaxmerge_k{k}"]["seconds"], 2)
                 entry[f"memory_ratio_vs_{other}"] = round(runs[other]["peak_rss_bytes"]
                                                           / runs[f"jaxmerge_k{k}"]["peak_rss_bytes"], 2)
