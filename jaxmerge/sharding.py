@@ -17,6 +17,7 @@ from the parameters; explicit-mode sharding-in-types would require annotating ev
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Mapping, Sequence
 
 import jax
@@ -97,9 +98,12 @@ def strict_shardings(items, mesh: Mesh, rules: ShardingRules, strict: bool):
         spec, replicated = rules.resolve(logical, shape, mesh)
         problems += [f"{name}: {r}" for r in replicated]
         out.append(NamedSharding(mesh, spec))
-    if strict and problems:
-        raise ShardingError(f"{len(problems)} dimension(s) would be replicated on mesh {dict(mesh.shape)}:\n  "
-                            + "\n  ".join(problems))
+    if problems:
+        msg = f"{len(problems)} dimension(s) {'would be' if strict else 'are'} replicated on mesh {dict(mesh.shape)}:\n  " \
+            + "\n  ".join(problems)
+        if strict:
+            raise ShardingError(msg)
+        logging.getLogger(__name__).info(msg)  # not strict (tiny models on big meshes): said, not silent
     return out
 
 

@@ -34,3 +34,15 @@ def test_strict_raises_on_a_collision():
 def test_unknown_logical_axis_is_named():
     with pytest.raises(ShardingError, match="logical axis 'hidden'"):
         ShardingRules().spec(("hidden",), (4,), MESH)
+
+
+def test_not_strict_says_what_it_replicated(caplog):
+    import logging
+
+    from jaxmerge.sharding import strict_shardings
+    with caplog.at_level(logging.INFO, logger="jaxmerge.sharding"):
+        (sh,) = strict_shardings([("w", ("heads", "embed"), (3, 16))], MESH, ShardingRules(), strict=False)
+    assert sh.spec == P(None, "data")
+    assert "1 dimension(s) are replicated on mesh" in caplog.text and "w: dim 0 ('heads', size 3)" in caplog.text
+    with pytest.raises(ShardingError, match=r"1 dimension\(s\) would be replicated"):
+        strict_shardings([("w", ("heads", "embed"), (3, 16))], MESH, ShardingRules(), strict=True)
