@@ -2,7 +2,7 @@
 compare with the machine's float32 matmul peak and with PEFT/PyTorch folding the same adapters.
 
 k adapters (default 30) are drawn with the real pool's (rank, alpha, target modules) mix
-(``jaxmerge.shapes``: the shapes file when found, else built-in proportions); their factors are
+(``jaxmerge.shapes``: the shipped paper-llama31-8b manifest's recorded configs by default); their factors are
 random. For N layers (default 2) and every targeted module the benchmark measures, in one run:
 
 * jaxmerge: ``linear_layer_into`` (Σ_i s_i/k·B_i·A_i as one matmul over the rank-concatenated
@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="layers merged (32 = all of Llama-3.1-8B)")
     parser.add_argument("--k", type=int, default=30, help="adapters merged")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pool-shapes", default=None, help="pool shapes JSON (default: $JAXMERGE_POOL_SHAPES or "
-                        "../shared/data/llama31_8b_pool_shapes.json, else built-in proportions)")
+    parser.add_argument("--pool-shapes", default=None, help="pool shapes JSON or pool manifest (default: "
+                        "$JAXMERGE_POOL_SHAPES or the shipped paper-llama31-8b manifest's recorded configs)")
     parser.add_argument("--method-layers", type=int, default=1, help="layers for the TIES and TSV timings (0 = skip)")
     parser.add_argument("--density", type=float, default=0.8, help="TIES density (1 − p)")
     parser.add_argument("--tsv-k", type=int, default=8)
