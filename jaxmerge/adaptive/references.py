@@ -38,7 +38,9 @@ def reference(kind: str, base, task_data, *, seed: int, steps: int | None = None
     """The reference's ``result.json`` dict (with ``out_dir``); None when not cached and ``compute=False``."""
     d = reference_dir(kind, base, task_data, seed=seed, steps=steps, max_len=max_len, root=root)
     done = read_json(os.path.join(d, "result.json"))
-    if done is None and compute:
+    if done is not None:
+        return {**done, "out_dir": d, "reused": True}
+    if compute:
         from .run import run_method
         with build_lock(d):
             done = run_method(kind, base, None, task_data, seed=seed, out_dir=d, steps=steps, max_len=max_len,
