@@ -34,7 +34,7 @@ import numpy as np
 def measure(base_dir: str, adapter_dirs: Sequence[str], examples: Sequence[Mapping], *, max_len: int | None = None,
             max_new_tokens: int = 30, system: str | None = None, kinds: Sequence[str] = ("loss", "generate"),
             adapters_per_batch: int = 8, loss_examples_per_step: int = 4, gen_examples_per_step: int = 16,
-            hf_batch: int = 20, warm: bool = False, progress: bool = True) -> dict:
+            hf_batch: int = 20, torch_threads: int | None = None, warm: bool = False, progress: bool = True) -> dict:
     """Both sides on ``examples`` (``{"prompt", "answer"}``) for the adapters in ``adapter_dirs`` that
     the pool filter keeps; see the module docstring for what is timed and compared."""
     import jax
@@ -45,9 +45,10 @@ def measure(base_dir: str, adapter_dirs: Sequence[str], examples: Sequence[Mappi
     from ..pool.load import load_pool
     from ..tasks.encode import encode, pad_id
     from . import peft_eval
+    from .train_bench import usable_cpus
     torch = require("torch", "jaxmerge bench select (its transformers + PEFT side)", '-e ".[test]"  (CPU torch: see README)')
     require("peft", "jaxmerge bench select (its transformers + PEFT side)", '-e ".[test]"')
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = torch_threads or usable_cpus()
     torch.set_num_threads(threads)
     unknown = set(kinds) - {"loss", "generate"}
     if unknown:
@@ -62,7 +63,7 @@ def measure(base_dir: str, adapter_dirs: Sequence[str], examples: Sequence[Mappi
     kept = list(pool.names)
     ends, pad = multi_eval._end_ids(config, tok), pad_id(tok)
     out = {"n_adapters": len(kept), "n_skipped": len(adapter_dirs) - len(kept), "n_examples": len(examples),
-           "ranks": {m: list(s.ranks) for m, s in pool.modules.items()}, "jaxmerge_pool_load_s": round(load_s, 2),
+           "ranks": {m: [int(r) for r in s.ranks] for m, s in pool.modules.items()}, "jaxmerge_pool_load_s": round(load_s, 2),
            "threads": threads, "jax": jax.__version__, "torch": torch.__version__}
 
     def timed(fn):
@@ -143,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--loss-examples-per-step", type=int, default=4)
     parser.add_argument("--gen-examples-per-step", type=int, default=16)
     parser.add_argument("--hf-batch", type=int, default=20, help="examples per transformers forward / generate")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads (default: the CPUs this process may use, as XLA)")
     parser.add_argument("--warm", action="store_true", help="also time jaxmerge's scoring a second time (compiled)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -153,13 +156,13 @@ def run(args) -> int:
     res = measure(base_dir, sources, examples, max_len=args.max_len, max_new_tokens=max_new, system=system,
                   kinds=(args.only,) if args.only else ("loss", "generate"), adapters_per_batch=args.adapters_per_batch,
                   loss_examples_per_step=args.loss_examples_per_step, gen_examples_per_step=args.gen_examples_per_step,
-                  hf_batch=args.hf_batch, warm=args.warm, progress=not args.quiet)
+                  hf_batch=args.hf_batch, torch_threads=args.torch_threads, warm=args.warm, progress=not args.quiet)
     res["inputs"] = where
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"evaluation-based selection: {res['n_adapters']} adapters ({res['n_skipped']} skipped by the filter) x "
-          f"{res['n_examples']} examples of {where}, {res['threads']} threads")
+          f"{res['n_examples']} examples of {where}, {res['threads']} torch threads")
     for kind in ("loss", "generate"):
         if kind not in res:
             continue

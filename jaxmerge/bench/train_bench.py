@@ -108,6 +108,11 @@ def _adapter_shapes(k: int, hidden: int, scale_ranks: bool, seed: int, path: str
     return drawn, source
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (XLA sizes its thread pool from the same affinity mask)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def random_params(config, seed: int):
     """Random float32 weights of ``config``'s schema (norms 1 + N(0, 0.1²), the rest N(0, 0.02²))."""
     import jax
@@ -181,7 +186,7 @@ def measure(args, hf_config: dict, where: str, batch_size: int, seq: int) -> dic
     from ..shapes import random_pool
     from . import torch_ref
     torch = require("torch", "jaxmerge bench train (its PyTorch reference)", '-e ".[test]"  (CPU torch: see README)')
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.torch_threads or usable_cpus()
     torch.set_num_threads(threads)
     reset_peak_rss()
     config = ModelConfig.from_dict(hf_config)
@@ -257,6 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch", nargs="+", choices=torch_ref.VARIANTS, default=list(torch_ref.VARIANTS),
                         help="PyTorch variants (merge - loss); default: all")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads (default: the CPUs this process may use, as XLA)")
     parser.add_argument("--application", choices=("auto", "factored", "dense"), default="auto",
                         help="jaxmerge's LoRA application (auto: the engine's per-module choice)")
     parser.add_argument("--xla-cpu-dot", choices=("default", "onednn", "auto"), default="default",
@@ -279,7 +286,7 @@ def _targets(args) -> list[tuple[str, dict, str, int, int]]:
 
 def _print(label: str, res: dict) -> None:
     print(f"[{label}] ours coefficient-training step, k={res['k']}, batch {res['batch']}x{res['seq']} tokens "
-          f"({res['answer_tokens_per_row']} scored per row), {res['threads']} threads, peak RSS {res['peak_rss_gib']} GiB")
+          f"({res['answer_tokens_per_row']} scored per row), {res['threads']} torch threads, peak RSS {res['peak_rss_gib']} GiB")
     print(f"  base: {res['base']}  {res['config']}")
     print(f"  ranks ({res['rank_scaling']}): {res['ranks']}")
     print(f"  jaxmerge application: {res['application']}, XLA:CPU dot: {res['xla_cpu_dot']}")
