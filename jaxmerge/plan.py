@@ -191,7 +191,7 @@ def plan(model: str, k: int, devices: int, *, pool_shapes: str | None = None, ba
     return {
         "model": model, "k": len(drawn), "devices": devices, "mesh": dict(mesh.shape), "batch": batch, "seq": seq,
         "dtype": dtype, "backend": jax.default_backend(), "pool_shapes": source,
-        "rank_sum_per_module": {m: sum(s.ranks) for m, s in pool.modules.items()},
+        "rank_sum_per_module": {m: int(sum(s.ranks)) for m, s in pool.modules.items()},
         "adapter_params": int(sum(np.prod(s.a.shape) + np.prod(s.b.shape) for s in pool.modules.values())),
         "ranks": {"min": min(ranks), "max": max(ranks), "mean": float(np.mean(ranks))},
         "per_device_bytes": per_device, "accelerator_estimate_bytes": estimate,

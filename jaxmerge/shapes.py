@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import MODULES, ModelConfig
 from .errors import UserError
-from .stacks import ModuleStack, Pool
+from .stacks import ModuleStack, Pool, owner_of
 
 DEFAULT_MANIFEST = "paper-llama31-8b"
 
@@ -78,7 +78,7 @@ def abstract_pool(config: ModelConfig, adapters: Sequence[AdapterShape], dtype=j
         R = sum(ranks)
         modules[m] = ModuleStack(jax.ShapeDtypeStruct((L, R, inp), dtype), jax.ShapeDtypeStruct((L, out, R), dtype),
                                  jax.ShapeDtypeStruct((n,), jnp.float32), jax.ShapeDtypeStruct((n, L), jnp.bool_),
-                                 ranks)
+                                 owner_of(ranks))  # concrete: the ranks stay readable on an abstract pool
     return Pool(modules, tuple(f"shape{i}" for i in range(n)))
 
 
@@ -92,5 +92,5 @@ def random_pool(config: ModelConfig, adapters: Sequence[AdapterShape], key: jax.
         key, ka, kb = jax.random.split(key, 3)
         modules[m] = ModuleStack(std * jax.random.normal(ka, st.a.shape, dtype), std * jax.random.normal(kb, st.b.shape, dtype),
                                  scale, jnp.asarray(np.array(st.ranks)[:, None] > 0).repeat(config.num_hidden_layers, 1),
-                                 st.ranks)
+                                 jnp.asarray(st.owner))
     return Pool(modules, abstract.names)

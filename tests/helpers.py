@@ -195,9 +195,9 @@ def make_pool(config, seed=0) -> Pool:
             lay = np.isin(np.arange(L), layers) & has
             a_parts.append(a * lay[:, None, None]), b_parts.append(b * lay[:, None, None])
             ranks.append(rr), present.append(lay)
-        mods[m] = ModuleStack(jnp.asarray(np.concatenate(a_parts, 1)), jnp.asarray(np.concatenate(b_parts, 2)),
-                              jnp.asarray([al / r for r, al, _, _ in POOL_SPEC], jnp.float32),
-                              jnp.asarray(np.stack(present)), tuple(ranks))
+        mods[m] = ModuleStack.from_ranks(jnp.asarray(np.concatenate(a_parts, 1)), jnp.asarray(np.concatenate(b_parts, 2)),
+                                         jnp.asarray([al / r for r, al, _, _ in POOL_SPEC], jnp.float32),
+                                         jnp.asarray(np.stack(present)), ranks)
     return Pool(mods, tuple(f"lora{i}" for i in range(len(POOL_SPEC))))
 
 
@@ -261,9 +261,9 @@ def multi_lora_world():
         a[6][0], b[6][0] = 0, 0
         present = np.ones((7, 2), bool)
         present[6, 0] = False
-        modules[m] = ModuleStack(jnp.asarray(np.concatenate(a, 1), jnp.float32),
-                                 jnp.asarray(np.concatenate(b, 2), jnp.float32),
-                                 jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32), jnp.asarray(present), rk)
+        modules[m] = ModuleStack.from_ranks(jnp.asarray(np.concatenate(a, 1), jnp.float32),
+                                            jnp.asarray(np.concatenate(b, 2), jnp.float32),
+                                            jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32), jnp.asarray(present), rk)
     pool = Pool(modules, tuple(f"a{i}" for i in range(7)))
     prompts = [" ".join(rng.choice(MW_WORDS, size=n)) for n in (3, 5, 2, 6, 4)]
     examples = [dict(prompt=p, answer=" ".join(rng.choice(MW_WORDS, size=2))) for p in prompts]

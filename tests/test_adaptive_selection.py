@@ -31,7 +31,7 @@ def random_pool(seed=0, n=7, shapes=SHAPES, ranks=(2, 4, 2, 1, 3, 4, 2), lacks=(
                     a[li], b[li], present[i, li] = 0, 0, False
             a_parts.append(a)
             b_parts.append(b)
-        modules[m] = ModuleStack(np.concatenate(a_parts, 1), np.concatenate(b_parts, 2), scale, present, rk)
+        modules[m] = ModuleStack.from_ranks(np.concatenate(a_parts, 1), np.concatenate(b_parts, 2), scale, present, rk)
     return Pool(modules, tuple(f"lora{i}" for i in range(n)))
 
 
@@ -98,7 +98,7 @@ def test_khatri_rao_quasi_fim_exact_for_wide_blocks():
 def test_zero_candidate_and_zero_target():
     pool = random_pool()
     zeroed = Pool({m: ModuleStack(s.a, np.asarray(s.b) * np.repeat(np.arange(7) != 4, s.ranks)[None, None, :],
-                                  s.scale, s.present, s.ranks) for m, s in pool.modules.items()}, pool.names)
+                                  s.scale, s.present, s.owner) for m, s in pool.modules.items()}, pool.names)
     sim = selection.similarity(zeroed, 0, "cosine")
     assert sim[4] == 0.0 and np.isfinite(sim).all()
     with pytest.raises(ValueError, match="delta is zero"):

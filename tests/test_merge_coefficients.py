@@ -58,8 +58,8 @@ def make_pool(dtype, seed=1, pad=0) -> Pool:
                 b = np.concatenate([b, pad_rng.normal(size=(L, o, pad))], 2)
             A.append(a), B.append(b), ranks.append(a.shape[1])
         present[[i for i, r in enumerate(ranks) if r == 0]] = False
-        mods[m] = ModuleStack(jnp.asarray(np.concatenate(A, 1), dtype), jnp.asarray(np.concatenate(B, 2), dtype),
-                              jnp.asarray([0.5, 2.0, 0.25], jnp.float32), jnp.asarray(present), tuple(ranks))
+        mods[m] = ModuleStack.from_ranks(jnp.asarray(np.concatenate(A, 1), dtype), jnp.asarray(np.concatenate(B, 2), dtype),
+                                         jnp.asarray([0.5, 2.0, 0.25], jnp.float32), jnp.asarray(present), ranks)
     return Pool(mods, ("a", "b", "c"))
 
 
@@ -112,7 +112,7 @@ def test_factored_equals_dense_and_linear_merge():
 def test_padding_rows_change_nothing():
     params = make_params(jnp.float32)
     pool, padded = make_pool(jnp.float32), make_pool(jnp.float32, pad=5)
-    assert padded.modules["q_proj"].ranks == (4, 7, 8)
+    assert tuple(padded.modules["q_proj"].ranks) == (4, 7, 8)
     w = raw("module")
     np.testing.assert_allclose(logits(params, padded, w, "module", "leaky_relu"),
                                logits(params, pool, w, "module", "leaky_relu"), rtol=1e-5, atol=1e-5)

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(r'''
     for m in ("q_proj", "down_proj"):  # W sharded on its out dim, and on its in dim
         o, d = cfg.module_shape(m)
         R = sum(ranks)
-        mods[m] = ModuleStack(jnp.asarray(rng.normal(size=(L, R, d)), jnp.float32),
+        mods[m] = ModuleStack.from_ranks(jnp.asarray(rng.normal(size=(L, R, d)), jnp.float32),
                               jnp.asarray(rng.normal(size=(L, o, R)), jnp.float32),
                               jnp.asarray(rng.uniform(0.5, 2, len(ranks)), jnp.float32),
                               jnp.ones((len(ranks), L), bool), ranks)
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(r'''
     def shard(stack, m):
         ax = stack_logical_axes(m)
         return ModuleStack(*(jax.device_put(getattr(stack, f), rules.sharding(mesh, ax[f], getattr(stack, f).shape))
-                             for f in ("a", "b", "scale", "present")), stack.ranks)
+                             for f in ("a", "b", "scale", "present", "owner")))
 
     sharded = Pool({m: shard(s, m) for m, s in mods.items()}, pool.names)
     w = jnp.asarray(rng.normal(size=len(ranks)), jnp.float32)

@@ -33,8 +33,8 @@ def build_stack(A, B, scale, present=None) -> ModuleStack:
     ranks = tuple(a.shape[1] for a in A)
     L = A[0].shape[0]
     present = np.ones((len(A), L), bool) if present is None else present
-    return ModuleStack(jnp.asarray(np.concatenate(A, 1)), jnp.asarray(np.concatenate(B, 2)),
-                       jnp.asarray(np.asarray(scale, np.float32)), jnp.asarray(present), ranks)
+    return ModuleStack.from_ranks(jnp.asarray(np.concatenate(A, 1)), jnp.asarray(np.concatenate(B, 2)),
+                                  jnp.asarray(np.asarray(scale, np.float32)), jnp.asarray(present), ranks)
 
 
 def random_factors(rng, ranks, L=2, o=24, d=40, absent=()):
@@ -107,7 +107,6 @@ def test_magnitude_prune_and_task_arithmetic_equal_peft(pool_factors, density):
         assert_close(got_avg[l], mu.task_arithmetic(deltas, torch.full((n,), 1.0 / n)).numpy())
 
 
-@pytest.mark.parametrize("per_layer", [False, True])
 def _registry_merge(method, stack, w, noise=fixed_noise, **params):
     """A registered method on one stack, all layers, with the injected noise."""
     L = stack.a.shape[0]
@@ -169,6 +168,7 @@ def test_dare_masks_from_the_key_are_drawn_per_module_layer_and_adapter():
     assert abs(((np.asarray(both["q_proj"][0]) != 0) & masks["q_proj", 0]).mean() - density ** 2) < 0.03
 
 
+@pytest.mark.parametrize("per_layer", [False, True])
 def test_linear_layer_into_writes_the_layer_into_the_donated_buffer(pool_factors, per_layer):
     """Equal to PEFT's task arithmetic of that layer (weights [N] or per layer [N, L]), computed in the
     donated buffer's memory, and the buffer passed back is reused by the next layer (the recycling

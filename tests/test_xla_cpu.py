@@ -48,10 +48,9 @@ def test_merge_compiled_with_onednn_is_exact_and_others_keep_the_default(o, d, L
     rng = np.random.default_rng(o * d + L)
     ranks = (4, 8, 0, 16)
     R = sum(ranks)
-    st = ModuleStack(a=jnp.asarray(rng.standard_normal((L, R, d)), jnp.float32),
-                     b=jnp.asarray(rng.standard_normal((L, o, R)), jnp.float32),
-                     scale=jnp.asarray([2.0, 0.5, 1.0, 0.25], jnp.float32),
-                     present=jnp.ones((4, L), bool), ranks=ranks)
+    st = ModuleStack.from_ranks(jnp.asarray(rng.standard_normal((L, R, d)), jnp.float32),
+                                jnp.asarray(rng.standard_normal((L, o, R)), jnp.float32),
+                                jnp.asarray([2.0, 0.5, 1.0, 0.25], jnp.float32), jnp.ones((4, L), bool), ranks)
     w = jnp.asarray([0.3, -1.2, 0.7, 0.9], jnp.float32)
     lowered = linear_layer_into.lower(jax.ShapeDtypeStruct((o, d), jnp.float32), st, w, 0)
     compiled = []

@@ -231,7 +231,7 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
         project = lambda tr: {**tr, "w": jnp.clip(tr["w"], lo, hi)}
 
     if m.tuning.kind == "joint":
-        ranks = {mod: s.ranks for mod, s in merged.modules.items()}
+        owners = {mod: s.owner for mod, s in merged.modules.items()}
         trainable = {"w": w0, "a": {mod: s.a for mod, s in merged.modules.items()},
                      "b": {mod: s.b for mod, s in merged.modules.items()}}
         fz = {**frozen, "scale": {mod: s.scale for mod, s in merged.modules.items()},
@@ -239,8 +239,8 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
 
         def to_adapters(tr, fz):
             p = Pool({mod: ModuleStack(tr["a"][mod] * fz["rows"][mod][:, :, None], tr["b"][mod],
-                                       fz["scale"][mod], jnp.ones((len(ranks[mod]), L), bool), ranks[mod])
-                      for mod in ranks}, merged.names)
+                                       fz["scale"][mod], jnp.ones((n, L), bool), owners[mod])
+                      for mod in owners}, merged.names)
             return factored_adapters(p, tr["w"], gran, act)
         lora_keys = ("a", "b")
     else:
@@ -290,7 +290,8 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
 
 def _row_mask(s: ModuleStack) -> jax.Array:
     """``[L, R]`` 1 on rows of (adapter, layer) pairs that exist: joint tuning keeps absent ones at 0."""
-    return s.present.T[:, jnp.asarray(s.owner, jnp.int32)].astype(s.a.dtype)
+    own = jnp.asarray(s.owner, jnp.int32)
+    return (s.present.T[:, jnp.maximum(own, 0)] & (own >= 0)[None, :]).astype(s.a.dtype)
 
 
 EVAL_MICRO = 8  # rows per micro-batch when a whole split is evaluated at once (LoraHub's loss, _loss)

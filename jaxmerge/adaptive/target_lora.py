@@ -55,7 +55,8 @@ def as_pool(lora: Mapping, scale: float, name: str = "target") -> Pool:
         if m not in lora["a"]:
             continue
         a, b = jnp.asarray(lora["a"][m]), jnp.asarray(lora["b"][m])
-        mods[m] = ModuleStack(a, b, jnp.asarray([scale], jnp.float32), jnp.ones((1, a.shape[0]), bool), (a.shape[1],))
+        mods[m] = ModuleStack.from_ranks(a, b, jnp.asarray([scale], jnp.float32), jnp.ones((1, a.shape[0]), bool),
+                                         [a.shape[1]])
     return Pool(mods, (name,))
 
 

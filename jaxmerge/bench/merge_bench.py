@@ -145,7 +145,7 @@ def synth_pool(config, adapters, seed: int, std: float = 0.02):
         b *= std
         b = jax.device_put(b)
         present = jnp.asarray(np.repeat((np.array(st.ranks) > 0)[:, None], L, 1))
-        mods[m] = ModuleStack(a, b, scale, present, st.ranks)
+        mods[m] = ModuleStack(a, b, scale, present, jnp.asarray(st.owner))
     return Pool(mods, abstract.names)
 
 

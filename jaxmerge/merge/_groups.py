@@ -28,12 +28,20 @@ class RankGroup:
     rows: np.ndarray      # [g, rank] row indices into the concatenated stack (static)
 
 
-def rank_groups(stack: ModuleStack) -> list[RankGroup]:
-    """Adapters with a nonzero rank for this module, grouped by rank (ascending)."""
-    off = stack.offsets
+def static_ranks(stack: ModuleStack) -> tuple[int, ...]:
+    """The stack's ranks as a hashable tuple, for a jitted merge's static argument: a merge that works on
+    each adapter's own ΔW_i is shaped by them (training and evaluation are not: they read ``owner``)."""
+    return tuple(int(r) for r in stack.ranks)
+
+
+def rank_groups(stack: ModuleStack, ranks: tuple[int, ...] | None = None) -> list[RankGroup]:
+    """Adapters with a nonzero rank for this module, grouped by rank (ascending); ``ranks``: the stack's
+    (``static_ranks``), given explicitly inside a jit where the stack's owner array is traced."""
+    ranks = static_ranks(stack) if ranks is None else tuple(ranks)
+    off = np.concatenate([[0], np.cumsum(ranks)]).astype(np.int64)
     groups = []
-    for r in sorted({r for r in stack.ranks if r > 0}):
-        idx = np.array([i for i, ri in enumerate(stack.ranks) if ri == r], np.int64)
+    for r in sorted({r for r in ranks if r > 0}):
+        idx = np.array([i for i, ri in enumerate(ranks) if ri == r], np.int64)
         rows = off[idx][:, None] + np.arange(r)[None, :]
         groups.append(RankGroup(r, idx, rows))
     return groups
@@ -63,7 +71,7 @@ def layer_window(stack: ModuleStack, start, size: int = 1) -> ModuleStack:
     a = jax.lax.dynamic_slice_in_dim(stack.a, start, size, axis=0)
     b = jax.lax.dynamic_slice_in_dim(stack.b, start, size, axis=0)
     present = jax.lax.dynamic_slice_in_dim(stack.present, start, size, axis=1)
-    return ModuleStack(a, b, stack.scale, present, stack.ranks)
+    return ModuleStack(a, b, stack.scale, present, stack.owner)
 
 
 def per_layer_weights(weights, stack: ModuleStack) -> jax.Array:
@@ -77,19 +85,19 @@ def per_layer_weights(weights, stack: ModuleStack) -> jax.Array:
     return jnp.broadcast_to(w, (n, L))
 
 
-def weighted_groups(stack: ModuleStack, weights) -> list[tuple]:
+def weighted_groups(stack: ModuleStack, weights, ranks: tuple[int, ...] | None = None) -> list[tuple]:
     """Per rank group, layer-major: (A ``[L, g, r, in]``, B ``[L, g, out, r]``, s ``[g]``, w ``[L, g]``);
     ``weights`` ``[N]`` or ``[N, L]``, None → 1/N each."""
     n = stack.num_adapters
     w = per_layer_weights(jnp.full((n,), 1.0 / n) if weights is None else weights, stack)
     out = []
-    for grp in rank_groups(stack):
+    for grp in rank_groups(stack, ranks):
         a, b, s = group_factors(stack, grp)
         out.append((a, b, s, w[jnp.asarray(grp.adapters)].T))
     return out
 
 
-def scan_layers(stack: ModuleStack, weights, layer_fn, layers=None) -> jax.Array:
+def scan_layers(stack: ModuleStack, weights, layer_fn, layers=None, ranks: tuple[int, ...] | None = None) -> jax.Array:
     """``layer_fn(groups, layer) -> [out, in]`` scanned over layers, so only one layer's working set is
     ever live → ``[L, out, in]`` in the stack's dtype (zeros when no adapter targets the module).
 
@@ -98,11 +106,11 @@ def scan_layers(stack: ModuleStack, weights, layer_fn, layers=None) -> jax.Array
     whole model (``layers [L]``, default ``0..L-1``; a layer window passes its own, so that keys drawn
     per layer do not depend on the window)."""
     L, o, d = stack.a.shape[0], stack.b.shape[1], stack.a.shape[2]
-    groups = weighted_groups(stack, weights)
+    groups = weighted_groups(stack, weights, ranks)
     if not groups:
         return jnp.zeros((L, o, d), stack.a.dtype)
     scales = [s for _, _, s, _ in groups]
-    idx = [jnp.asarray(g.adapters, jnp.int32) for g in rank_groups(stack)]
+    idx = [jnp.asarray(g.adapters, jnp.int32) for g in rank_groups(stack, ranks)]
     layers = jnp.arange(L, dtype=jnp.int32) if layers is None else jnp.asarray(layers, jnp.int32)
 
     def body(_, x):

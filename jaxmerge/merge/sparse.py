@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ..stacks import ModuleStack
-from ._groups import scan_layers
+from ._groups import scan_layers, static_ranks
 
 SIGN_METHODS = ("total", "frequency")
 _HI_BITS, _LO_BITS = 16, 15  # |x| as int32 has 31 significant bits
@@ -189,9 +189,16 @@ def _delta(a, b, s):
     return (jnp.einsum("or,rd->od", b, a) * s.astype(b.dtype)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("trim", "elect", "noise"))
 def sparse_merge(stack: ModuleStack, weights: jax.Array, trim, elect: Elect, p: dict, key: jax.Array,
                  layers: jax.Array, noise: Callable = uniform_noise) -> jax.Array:
+    """Σ over adapters of the trimmed, sign-elected ΔW_i of one module stack → ``[L, out, in]`` (see
+    ``_sparse_merge``; compiled per rank structure of the stack)."""
+    return _sparse_merge(stack, weights, trim, elect, p, key, layers, noise, static_ranks(stack))
+
+
+@functools.partial(jax.jit, static_argnames=("trim", "elect", "noise", "ranks"))
+def _sparse_merge(stack: ModuleStack, weights: jax.Array, trim, elect: Elect, p: dict, key: jax.Array,
+                  layers: jax.Array, noise: Callable, ranks: tuple[int, ...]) -> jax.Array:
     """Σ over adapters of the trimmed, sign-elected ΔW_i of one module stack → ``[L, out, in]``.
 
     ``weights``: ``[N]`` or ``[N, L]``; ``trim``: one of the trims above; ``p``: its traced parameters;
@@ -247,4 +254,4 @@ def sparse_merge(stack: ModuleStack, weights: jax.Array, trim, elect: Elect, p: 
         num, den = carry
         return num / jnp.where(den == 0, 1.0, den) if elect.normalize else num
 
-    return scan_layers(stack, weights, layer, layers)
+    return scan_layers(stack, weights, layer, layers, ranks)

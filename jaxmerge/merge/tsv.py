@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from ..stacks import ModuleStack
-from ._groups import scan_layers, weighted_groups
+from ._groups import scan_layers, static_ranks, weighted_groups
 
 
 def _unbatched(fn, *xs):
@@ -112,13 +112,18 @@ def tsv_triplets(stack: ModuleStack, k: int = 8, weights: jax.Array | None = Non
     return _triplets(weighted_groups(stack, weights), k)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
 def tsv(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None) -> jax.Array:
     """TSV merge ``[L, out, in]``: top-k triplets per adapter, weighted singular values (``weights``
     ``[N]`` or ``[N, L]``; default 1/N each), polar-orthogonalised stacked U and V. Layers are
-    scanned, so on a mesh only one layer's factors are ever gathered for the QR."""
+    scanned, so on a mesh only one layer's factors are ever gathered for the QR. Compiled per rank
+    structure of the stack (its per-adapter SVDs are shaped by the ranks)."""
+    return _tsv(stack, k, weights, static_ranks(stack))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "ranks"))
+def _tsv(stack: ModuleStack, k: int, weights: jax.Array | None, ranks: tuple[int, ...]) -> jax.Array:
     def layer(groups, _):
         u, sv, v = _triplets([(a, b, s, w) for a, b, s, w, _ in groups], k)
         return jnp.einsum("ok,k,dk->od", polar(u), sv, polar(v))
 
-    return scan_layers(stack, weights, layer)
+    return scan_layers(stack, weights, layer, ranks=ranks)

@@ -12,6 +12,8 @@ Einsum letters: l layers, r rank rows, d in features, o out features, n adapters
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,8 @@ from ..stacks import ModuleStack, Pool
 
 def _row_mask(stack: ModuleStack) -> jax.Array:
     """``[L, R]`` 1.0 where the row's adapter is present in that layer."""
-    return stack.present[jnp.asarray(stack.owner)].T.astype(jnp.float32)
+    own = jnp.asarray(stack.owner, jnp.int32)
+    return (stack.present[jnp.maximum(own, 0)] & (own >= 0)[:, None]).T.astype(jnp.float32)
 
 
 def _moments(x: jax.Array, mask: jax.Array, owner: np.ndarray, n: int, axis_in: int) -> tuple:
@@ -70,7 +73,7 @@ def random_reinit(pool: Pool, key: jax.Array, keep=(), *, by_module: bool = Fals
         nb = jax.random.normal(kb, s.b.shape, jnp.float32) * (sb * mask)[:, None, :]
         a = jnp.where(redraw[None, :, None], na.astype(s.a.dtype), s.a)
         b = jnp.where(redraw[None, None, :], nb.astype(s.b.dtype), s.b)
-        out[m] = ModuleStack(a, b, s.scale, s.present, s.ranks)
+        out[m] = dataclasses.replace(s, a=a, b=b)
     return Pool(out, pool.names)
 
 
@@ -78,7 +81,7 @@ def _empty_like(stack: ModuleStack, n: int) -> ModuleStack:
     L, _, din = stack.a.shape
     dout = stack.b.shape[1]
     return ModuleStack(jnp.zeros((L, 0, din), stack.a.dtype), jnp.zeros((L, dout, 0), stack.b.dtype),
-                       jnp.zeros((n,), stack.scale.dtype), jnp.zeros((n, L), bool), (0,) * n)
+                       jnp.zeros((n,), stack.scale.dtype), jnp.zeros((n, L), bool), jnp.zeros((0,), jnp.int32))
 
 
 def concat(first: Pool, second: Pool) -> Pool:
@@ -94,7 +97,8 @@ def concat(first: Pool, second: Pool) -> Pool:
         out[m] = ModuleStack(jnp.concatenate([x.a, y.a.astype(x.a.dtype)], 1),
                              jnp.concatenate([x.b, y.b.astype(x.b.dtype)], 2),
                              jnp.concatenate([x.scale, y.scale]), jnp.concatenate([x.present, y.present]),
-                             x.ranks + y.ranks)
+                             jnp.concatenate([jnp.asarray(x.owner, jnp.int32),
+                                              jnp.where(jnp.asarray(y.owner) >= 0, y.owner + x.num_adapters, -1)]))
     return Pool(out, first.names + second.names)
 
 

@@ -33,7 +33,7 @@ from ..models.schema import module_name
 from ..progress import track
 from ..safetensors_io import SafeFile, SafetensorsError
 from ..sharding import ShardingRules
-from ..stacks import ModuleStack, Pool, stack_logical_axes
+from ..stacks import ModuleStack, Pool, owner_of, stack_logical_axes
 from .filters import FilterPolicy, check_config, check_license, check_norm
 from .peft_format import AdapterConfig, AdapterError, parse_key
 from .sources import Source, expand_sources, resolve
@@ -275,7 +275,7 @@ def _module_stack(infos: list[AdapterInfo], module: str, base: ModelConfig, dtyp
     present = np.asarray([[l in info.layers.get(module, {}) for l in layers] for info in infos], bool)
     scale = jax.device_put(scale, shardings["scale"](scale.shape))
     present = jax.device_put(present.reshape(len(infos), L), shardings["present"]((len(infos), L)))
-    return ModuleStack(a, b, scale, present, ranks)
+    return ModuleStack(a, b, scale, present, jax.device_put(owner_of(ranks, R), shardings["owner"]((R,))))
 
 
 def build_pool(infos: list[AdapterInfo], base: ModelConfig, *, dtype=jnp.float32, mesh=None,
@@ -288,7 +288,7 @@ def build_pool(infos: list[AdapterInfo], base: ModelConfig, *, dtype=jnp.float32
     for m in modules:
         if mesh is None:
             one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            shard = {k: (lambda shape, one=one: one) for k in ("a", "b", "scale", "present")}
+            shard = {k: (lambda shape, one=one: one) for k in ("a", "b", "scale", "present", "owner")}
         else:
             rules_ = rules or ShardingRules()
             axes = stack_logical_axes(m)
