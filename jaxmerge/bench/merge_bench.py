@@ -34,6 +34,7 @@ deltas (the budget is stacks + one layer's deltas); XLA's workspace per module c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -255,7 +256,7 @@ def run(args) -> int:
 
     from ..config import KNOWN, LlamaConfig
     from ..merge import linear_layer_into, ties, tsv
-    from ..merge._groups import layer_window
+    from ..merge._groups import layer_window, static_ranks
     from ..shapes import draw, load_shapes
 
     if args.layers < 1 or args.k < 1 or args.rounds < 1:
@@ -379,9 +380,11 @@ def run(args) -> int:
     if args.method_layers > 0:
         ml = min(args.method_layers, args.layers)
         for name, fn, extra in (
-                ("ties", lambda s, l: ties(layer_window(s, l), w, args.density, "total"), {"density": args.density}),
-                ("tsv", lambda s, l: tsv(layer_window(s, l), args.tsv_k, w), {"k": args.tsv_k})):
-            mfns, c, _ = _compile_per_module(lambda m, st, fn=fn: jax.jit(fn).lower(st, 0), pool)
+                ("ties", lambda s, l, r: ties(layer_window(s, l), w, args.density, "total", r), {"density": args.density}),
+                ("tsv", lambda s, l, r: tsv(layer_window(s, l), args.tsv_k, w, r), {"k": args.tsv_k})):
+            # the rank structure is static (the stack's owner array is traced inside the jit)
+            mfns, c, _ = _compile_per_module(
+                lambda m, st, fn=fn: jax.jit(functools.partial(fn, r=static_ranks(st))).lower(st, 0), pool)
             t = _timed_layers(lambda l, f=mfns: [f[m](pool.modules[m], l) for m in _modules_by_size(pool)], ml, name)
             result[name] = {"layers": ml, "seconds": t, "seconds_per_layer": t / ml, "compile_seconds": c, **extra}
             log(f"{name} ({', '.join(f'{k} {v}' for k, v in extra.items())}): {t / ml:.2f} s per layer (compile {c:.1f} s)")

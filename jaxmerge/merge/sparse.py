@@ -190,10 +190,12 @@ def _delta(a, b, s):
 
 
 def sparse_merge(stack: ModuleStack, weights: jax.Array, trim, elect: Elect, p: dict, key: jax.Array,
-                 layers: jax.Array, noise: Callable = uniform_noise) -> jax.Array:
+                 layers: jax.Array, noise: Callable = uniform_noise, ranks: tuple[int, ...] | None = None) -> jax.Array:
     """Σ over adapters of the trimmed, sign-elected ΔW_i of one module stack → ``[L, out, in]`` (see
-    ``_sparse_merge``; compiled per rank structure of the stack)."""
-    return _sparse_merge(stack, weights, trim, elect, p, key, layers, noise, static_ranks(stack))
+    ``_sparse_merge``; compiled per rank structure of the stack: ``ranks``, given explicitly when the stack
+    is traced, e.g. inside a caller's jit)."""
+    ranks = static_ranks(stack) if ranks is None else tuple(ranks)
+    return _sparse_merge(stack, weights, trim, elect, p, key, layers, noise, ranks)
 
 
 @functools.partial(jax.jit, static_argnames=("trim", "elect", "noise", "ranks"))

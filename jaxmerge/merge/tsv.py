@@ -112,12 +112,12 @@ def tsv_triplets(stack: ModuleStack, k: int = 8, weights: jax.Array | None = Non
     return _triplets(weighted_groups(stack, weights), k)
 
 
-def tsv(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None) -> jax.Array:
+def tsv(stack: ModuleStack, k: int = 8, weights: jax.Array | None = None, ranks: tuple[int, ...] | None = None) -> jax.Array:
     """TSV merge ``[L, out, in]``: top-k triplets per adapter, weighted singular values (``weights``
     ``[N]`` or ``[N, L]``; default 1/N each), polar-orthogonalised stacked U and V. Layers are
     scanned, so on a mesh only one layer's factors are ever gathered for the QR. Compiled per rank
     structure of the stack (its per-adapter SVDs are shaped by the ranks)."""
-    return _tsv(stack, k, weights, static_ranks(stack))
+    return _tsv(stack, k, weights, static_ranks(stack) if ranks is None else tuple(ranks))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "ranks"))

@@ -42,7 +42,9 @@ register(MergeMethod("ties", _merge, TiesParams, "one", "TIES: trim to density, 
                      "PEFT merge_utils.ties"))
 
 
-def ties(stack, weights, density: float, sign: str = "total") -> jax.Array:
-    """TIES merge ``[L, out, in]`` of one stack (``weights [N]`` or ``[N, L]``)."""
-    return _merge(stack, weights, TiesParams(density, sign), key=jax.random.key(0),
-                  layers=jnp.arange(stack.a.shape[0]), noise=None)
+def ties(stack, weights, density: float, sign: str = "total", ranks: tuple[int, ...] | None = None) -> jax.Array:
+    """TIES merge ``[L, out, in]`` of one stack (``weights [N]`` or ``[N, L]``; ``ranks``: the stack's, when it
+    is traced)."""
+    p = TiesParams(density, sign)
+    return sparse_merge(stack, weights, TopK(), Elect(p.sign), top_k_params(stack, p.density), jax.random.key(0),
+                        jnp.arange(stack.a.shape[0]), None, ranks)
