@@ -27,14 +27,14 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxmerge.adaptive.methods import METHODS
+    from jaxmerge.adaptive.methods import method_names
     from jaxmerge.adaptive.space import SELECTIONS
     from jaxmerge.merge.coefficients import ACTIVATIONS, GRANULARITIES
     from experiments.world import WORLDS
 
     p = argparse.ArgumentParser(prog="python -m experiments.adaptive", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=method_names())  # the paper's points + every registered merge
     p.add_argument("--world", default="default", choices=sorted(WORLDS),
                    help="the world whose base / pool / task fill in what is not given (default: default)")
     p.add_argument("--base", help="checkpoint folder or hub id (default: the world's)")
