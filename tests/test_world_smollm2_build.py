@@ -86,3 +86,17 @@ def test_world_builds_offline_and_the_main_job_runs(tiny_world, capsys):
                                    for x in rows)
     assert abs(sum(x["correct"] for x in rows) / 20 - r["test_accuracy"]) < 1e-9
     assert "ours" in capsys.readouterr().out
+
+
+def test_a_recipe_change_retrains_only_the_chunks_it_changes(tiny_world, monkeypatch):
+    from experiments import world_smollm2 as W
+    from experiments.world import get_world
+    first = get_world("smollm2-bigbench", progress=False)
+    monkeypatch.setattr(W, "EXTRA", ("sports_family/sibling",))  # the third LoRA's task changes, the others' do not
+    second = get_world("smollm2-bigbench", progress=False)
+    assert second.root != first.root
+    stats = json.loads(open(os.path.join(second.root, "world.json")).read())["stats"]
+    assert len(stats["pool_chunks_reused"]) == 1 and len(stats["pool_chunk_seconds"]) == 1
+    same = [n for n in second.adapters if n in first.adapters and second.adapters[n] == first.adapters[n]]
+    assert same and all(open(os.path.join(second.root, "pool", n, "adapter_model.safetensors"), "rb").read() ==
+                        open(os.path.join(first.root, "pool", n, "adapter_model.safetensors"), "rb").read() for n in same)
