@@ -37,7 +37,7 @@ def training_step(base, rows, repeats: int) -> dict:
     import jax.numpy as jnp
     from jaxmerge.adaptive.methods import method
     from jaxmerge.adaptive.target_lora import init_lora, lora_adapters
-    from jaxmerge.adaptive.train import answer_loss_sums
+    from jaxmerge.adaptive.objectives import answer_loss_sums
     from jaxmerge.tasks import encode
     spec = method("target-lora").lora
     lora = init_lora(base.config, spec, jax.random.key(0))

@@ -32,9 +32,9 @@ def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: i
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from . import shapes as shp
-    from .adaptive.space import Tuning
-    from .adaptive.train import answer_loss_sums, make_step, optimizer
-    from .merge.coefficients import coefficient_shape, factored_adapters
+    from .adaptive.objectives import Coefficients
+    from .adaptive.train import UpdateRule, optimizer, train_step
+    from .merge.coefficients import coefficient_shape
     from .params import abstract_params
     from .sharding import ShardingRules, make_mesh, param_shardings
     from .stacks import Pool, pad_rows, pool_shardings
@@ -49,26 +49,24 @@ def compile_step(config, drawn, devices: int, *, batch: int, seq: int, tensor: i
     pool = shp.abstract_pool(config, drawn, dtype)
     pool = Pool({m: pad_rows(st, mesh.shape["data"]) for m, st in pool.modules.items()}, pool.names)
 
-    def loss_fn(w, frozen, mb):
-        adapters = factored_adapters(frozen["pool"], w, "module", "leaky_relu")
-        return answer_loss_sums(frozen["params"], config, mb, adapters, remat=True)
-
-    w = jax.ShapeDtypeStruct(coefficient_shape("module", len(drawn), config.num_hidden_layers, len(pool.modules)),
-                             jnp.float32)
-    opt = optimizer(Tuning(steps=100, batch_size=batch), w)
-    step = make_step(loss_fn, opt)
+    objective, rule = Coefficients(config, "module", "leaky_relu", remat=True), UpdateRule()
+    w = {"w": jax.ShapeDtypeStruct(coefficient_shape("module", len(drawn), config.num_hidden_layers,
+                                                     len(pool.modules)), jnp.float32)}
+    opt = optimizer(rule)
     rep = NamedSharding(mesh, P())
     placed = lambda tree, sh: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
     state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                          {"trainable": w, "opt": jax.eval_shape(opt.init, w)})
     # strict: a dimension the mesh cannot shard as the rules say is an error, never a silently replicated weight
     frozen = {"params": placed(params, param_shardings(config, params, mesh, rules, strict=True)),
-              "pool": placed(pool, pool_shardings(pool, mesh, stack_rules, strict=True))}
+              "stacks": placed(pool, pool_shardings(pool, mesh, stack_rules, strict=True)).modules}
     tok_sh = rules.sharding(mesh, (None, "batch", None), (1, batch, seq), strict=True)
     mb = {k: jax.ShapeDtypeStruct((1, batch, seq), jnp.int32, sharding=tok_sh)
           for k in ("tokens", "attention_mask", "loss_mask")}
     with jax.set_mesh(mesh):
-        return step.lower(state, frozen, mb).compile(), pool, mesh
+        lrs = jax.ShapeDtypeStruct((2,), jnp.float32, sharding=rep)
+        lowered = train_step.lower(state, frozen, mb, lrs, objective=objective, rule=rule)
+        return lowered.compile(), pool, mesh
 
 
 def memory(compiled) -> dict:
@@ -124,8 +122,8 @@ def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
 
     from .memstat import current_rss, peak_rss, reset_peak_rss
 
-    state, frozen, mb = random_arguments(compiled, vocab_size)
-    jax.block_until_ready((state, frozen, mb))
+    state, frozen, mb, lrs = random_arguments(compiled, vocab_size)
+    jax.block_until_ready((state, frozen, mb, lrs))
     devs = jax.local_devices()
     stats = [d.memory_stats() or {} for d in devs]
     on_device = all("peak_bytes_in_use" in s for s in stats)
@@ -135,7 +133,7 @@ def measure_step(compiled, vocab_size: int, steps: int = 3) -> dict:
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        state, loss = compiled(state, frozen, mb)
+        state, loss = compiled(state, frozen, mb, lrs)
         jax.block_until_ready((state, loss))
         times.append(time.perf_counter() - t)
     out = {"steps": steps, "step_seconds": float(np.median(times[1:])) if steps else None,

@@ -61,7 +61,7 @@ def test_method_end_to_end(name, setup, tmp_path):
                 assert c[f"coef/{m}"].shape == (n, L)
             # the saved coefficients, applied eagerly to the pool in its load order, give the recorded
             # best validation loss (training ran under jit, where the module dict comes back sorted)
-            from jaxmerge.adaptive.train import answer_loss_sums
+            from jaxmerge.adaptive.objectives import answer_loss_sums
             from jaxmerge.merge.coefficients import factored_adapters
             from jaxmerge.tasks import encode
             m_ = METHODS[name]

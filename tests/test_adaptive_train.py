@@ -18,8 +18,8 @@ from helpers import make_setup  # noqa: E402
 import jaxmerge  # noqa: E402
 from jaxmerge.adaptive import METHODS, Tuning, method  # noqa: E402
 from jaxmerge.adaptive.target_lora import init_lora, lora_adapters, save_peft  # noqa: E402
-from jaxmerge.adaptive.train import (answer_loss_sums, application_cost, apply_choice, choose_application,  # noqa: E402
-                                     fit)
+from jaxmerge.adaptive.objectives import Coefficients, answer_loss_sums, apply_choice  # noqa: E402
+from jaxmerge.adaptive.train import application_cost, choose_application, fit  # noqa: E402
 from jaxmerge.merge.coefficients import factored_adapters, module_coefficients  # noqa: E402
 from jaxmerge.tasks import encode  # noqa: E402
 
@@ -108,19 +108,16 @@ def test_accumulation_equals_one_batch_and_base_untouched(setup, tmp_path):
     train, val = enc(data.train), enc(data.validation)
     before = jax.tree.map(np.array, base.params)
 
-    def loss_fn(tr, fz, b):
-        return answer_loss_sums(fz["params"], base.config, b,
-                                factored_adapters(fz["pool"], tr["w"], "module", "leaky_relu"))
-
+    loss_fn = Coefficients(base.config, "module", "leaky_relu")
     w0 = {"w": jnp.zeros((pool.num_adapters, pool.num_layers, len(pool.modules)))}
-    frozen = {"params": base.params, "pool": pool}
+    frozen = {"params": base.params, "stacks": pool.modules}
     runs = [fit(loss_fn, w0, frozen, train, val, Tuning(steps=3, eval_every=1, micro_batch=mb), key=jax.random.key(0),
                 progress=False) for mb in (8, 2)]
     np.testing.assert_allclose(runs[0].final["w"], runs[1].final["w"], rtol=1e-4, atol=1e-6)
     # the kept state really is the best one: its validation loss is the recorded best (the step donates
     # its buffers, so a host view instead of a copy would silently drift to the latest state)
-    from jaxmerge.adaptive.train import _micro, make_eval
-    ev = make_eval(loss_fn)
+    from jaxmerge.adaptive.train import _micro, eval_loss
+    ev = lambda tr, fz, b: eval_loss(tr, fz, b, objective=loss_fn)
     vb = {k: jnp.asarray(v) for k, v in _micro(val, np.arange(len(val["tokens"])), 8).items()}
     r = fit(loss_fn, w0, frozen, train, val, Tuning(steps=6, eval_every=1, lr=2.0), key=jax.random.key(0),
             progress=False)  # a large step size, so that the best state is rarely the last one
@@ -162,8 +159,8 @@ import jax, jax.numpy as jnp, numpy as np
 from helpers import make_setup
 import jaxmerge
 from jaxmerge.adaptive import Tuning
-from jaxmerge.adaptive.train import answer_loss_sums, fit
-from jaxmerge.merge.coefficients import factored_adapters
+from jaxmerge.adaptive.objectives import Coefficients
+from jaxmerge.adaptive.train import fit
 from jaxmerge.sharding import ShardingRules
 from jaxmerge.stacks import pool_shardings, stack_logical_axes
 from jaxmerge.tasks import encode
@@ -174,12 +171,11 @@ sharded = jaxmerge.load_base(base.path, dtype="float32", mesh=mesh)
 s_pool = jax.device_put(pool, pool_shardings(pool, mesh, rules))
 enc = lambda ex: encode(ex, base.tokenizer, None)
 train, val = enc(data.train), enc(data.validation)
-def loss_fn(tr, fz, b):
-    return answer_loss_sums(fz["params"], base.config, b, factored_adapters(fz["pool"], tr["w"], "module", "leaky_relu"))
+loss_fn = Coefficients(base.config, "module", "leaky_relu")
 w0 = {"w": jnp.zeros((pool.num_adapters, pool.num_layers, len(pool.modules)))}
 tuning = Tuning(steps=3, eval_every=3)
 out = []
-for frozen, m in (({"params": base.params, "pool": pool}, None), ({"params": sharded.params, "pool": s_pool}, mesh)):
+for frozen, m in (({"params": base.params, "stacks": pool.modules}, None), ({"params": sharded.params, "stacks": s_pool.modules}, mesh)):
     out.append(fit(loss_fn, w0, frozen, train, val, tuning, key=jax.random.key(0), mesh=m, progress=False))
 report = {"bad_stack_specs": []}
 q = sharded.params["layers"]["self_attn"]["q_proj"]

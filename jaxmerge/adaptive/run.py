@@ -22,7 +22,6 @@ Trainable state per tuning (N merged adapters, L layers, M module types of the p
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import time
@@ -36,16 +35,16 @@ from ..atomic import to_jsonable, write_jsonl
 from ..errors import UserError
 from ..lora import Dense
 from ..merge.coefficients import factored_adapters, module_coefficients
-from ..stacks import ModuleStack, Pool
+from ..stacks import ModuleStack, Pool, bucketed
 from ..tasks import concat_batches, encode, predictions
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, objectives
 from .identity import differences, file_fingerprint, pool_identity, run_identity
 from .lorahub import search
 from .methods import METHODS, method as make_method
 from .selection import SIMILARITIES
 from .space import LoraSpec, Method
 from .target_lora import as_pool, init_lora, load_target, lora_adapters, save_peft
-from .train import answer_loss_sums, apply_choice, choose_application, fit, make_eval, micro_batches, place_batch
+from .train import UpdateRule, choose_application, eval_loss, fit, micro_batches, place_batch
 
 
 
@@ -190,12 +189,7 @@ def _train_lora(m: Method, base, train_b, val_b, key, out_dir, mesh, progress):
     """Train a fresh LoRA (the target-lora recipe) and save it in PEFT format under ``out_dir/adapter``."""
     spec: LoraSpec = m.lora
     lora = init_lora(base.config, spec, jax.random.fold_in(key, 1))
-    scale = spec.scale
-
-    def loss_fn(tr, fz, batch):
-        return answer_loss_sums(fz["params"], base.config, batch, lora_adapters(tr, scale))
-
-    fr = fit(loss_fn, lora, {"params": base.params}, train_b, val_b, m.tuning, key=key,
+    fr = fit(objectives.Lora(base.config, spec.scale), lora, {"params": base.params}, train_b, val_b, m.tuning, key=key,
              out_dir=os.path.join(out_dir, "train"), mesh=mesh, progress=progress, desc="target-lora")
     save_peft(fr.best, spec, base.config, os.path.join(out_dir, "adapter"), base_model=getattr(base, "path", None))
     return fr.best, spec, fr
@@ -214,62 +208,43 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
         val = _loss(frozen["params"], adapters, val_b, config)
         return adapters, [], {"best_val_loss": val, "steps": 0}, {"weights": w}
 
-    n, L, M = merged.num_adapters, merged.num_layers, len(merged.modules)
     gran, act = m.granularity, m.activation
-    w0 = m.init(m.coefficient_shape(n, L, M), keys["init"])
     if m.tuning.kind == "joint" and m.fresh_lora is not None:
         from ..pool.derive import concat
         fresh = init_lora(config, m.fresh_lora, keys["fresh"], modules=tuple(merged.modules))
         merged = concat(merged, as_pool(fresh, m.fresh_lora.scale, name="fresh"))
-        n = merged.num_adapters
-        w0 = m.init(m.coefficient_shape(n, L, M), keys["init"])
-    l1 = m.tuning.l1
-    penalty = (lambda tr: l1 * jnp.mean(jnp.abs(tr["w"]))) if l1 else None
-    project = None
-    if m.tuning.bounds is not None:
-        lo, hi = m.tuning.bounds
-        project = lambda tr: {**tr, "w": jnp.clip(tr["w"], lo, hi)}
-
+    merged = bucketed(merged)  # a few row-count classes: the runs of a sweep share compiled programs
+    n, L, M = merged.num_adapters, merged.num_layers, len(merged.modules)
+    w0 = m.init(m.coefficient_shape(n, L, M), keys["init"])
+    stacks = merged.modules
     if m.tuning.kind == "joint":
-        owners = {mod: s.owner for mod, s in merged.modules.items()}
-        trainable = {"w": w0, "a": {mod: s.a for mod, s in merged.modules.items()},
-                     "b": {mod: s.b for mod, s in merged.modules.items()}}
-        fz = {**frozen, "scale": {mod: s.scale for mod, s in merged.modules.items()},
-              "rows": {mod: _row_mask(s) for mod, s in merged.modules.items()}}
-
-        def to_adapters(tr, fz):
-            p = Pool({mod: ModuleStack(tr["a"][mod] * fz["rows"][mod][:, :, None], tr["b"][mod],
-                                       fz["scale"][mod], jnp.ones((n, L), bool), owners[mod])
-                      for mod in owners}, merged.names)
-            return factored_adapters(p, tr["w"], gran, act)
+        objective = objectives.Joint(config, gran, act)
+        trainable = {"w": w0, "a": {mod: s.a for mod, s in stacks.items()}, "b": {mod: s.b for mod, s in stacks.items()}}
+        fz = {**frozen, "scale": {mod: s.scale for mod, s in stacks.items()},
+              "rows": {mod: _row_mask(s) for mod, s in stacks.items()},
+              "owner": {mod: jnp.asarray(s.owner, jnp.int32) for mod, s in stacks.items()}}
         lora_keys = ("a", "b")
     else:
         tokens = m.tuning.batch_size * train_b["tokens"].shape[1]
         choice = choose_application(merged, config, tokens, m.application)
-        trainable, fz, lora_keys = {"w": w0}, {**frozen, "pool": merged}, ()
-
-        def to_adapters(tr, fz, choice=choice):
-            return apply_choice(factored_adapters(fz["pool"], tr["w"], gran, act), choice)
-
-    def loss_fn(tr, fz, batch):
-        return answer_loss_sums(fz["params"], config, batch, to_adapters(tr, fz))
+        objective = objectives.Coefficients(config, gran, act, tuple(sorted(choice.items())))
+        trainable, fz, lora_keys = {"w": w0}, {**frozen, "stacks": stacks}, ()
 
     res: dict[str, Any] = {}
     if m.tuning.kind == "gradient_free":
         both = concat_batches(train_b, val_b)
-        ev = make_eval(loss_fn, penalty)
+        rule = UpdateRule.of(m.tuning)
         all_b = place_batch(micro_batches(both, EVAL_MICRO))
-        sr = search(lambda w: float(ev({"w": jnp.asarray(w, jnp.float32)}, fz, all_b)), np.asarray(w0),
-                    m.tuning, seed=int(jax.random.randint(keys["train"], (), 0, 2**31 - 1)),
+        ev = lambda w: float(eval_loss({"w": jnp.asarray(w, jnp.float32)}, fz, all_b, objective=objective, rule=rule))
+        sr = search(ev, np.asarray(w0), m.tuning, seed=int(jax.random.randint(keys["train"], (), 0, 2**31 - 1)),
                     history_path=os.path.join(out_dir, "lorahub.json"), progress=progress, desc=m.name)
         best = {"w": jnp.asarray(sr.best)}
         res.update(search_best_loss=sr.best_loss, search_init_loss=sr.init_loss, steps=m.tuning.budget,
-                   best_val_loss=_loss(fz["params"], to_adapters(best, fz), val_b, config))
+                   best_val_loss=_loss(fz["params"], objective.adapters(best, fz), val_b, config))
         history = [(i, l) for i, l in enumerate(sr.losses)]
     else:
-        fr = fit(loss_fn, trainable, fz, train_b, val_b, m.tuning, key=keys["train"],
-                 out_dir=os.path.join(out_dir, "train"), mesh=mesh, penalty=penalty, project=project,
-                 lora_keys=lora_keys, progress=progress, desc=m.name)
+        fr = fit(objective, trainable, fz, train_b, val_b, m.tuning, key=keys["train"],
+                 out_dir=os.path.join(out_dir, "train"), mesh=mesh, lora_keys=lora_keys, progress=progress, desc=m.name)
         best, history = jax.tree.map(jnp.asarray, fr.best), fr.history
         res.update(best_val_loss=fr.best_val_loss, best_step=fr.best_step, steps=m.tuning.steps,
                    resumed_from=fr.resumed_from)
@@ -277,15 +252,20 @@ def _tune(m: Method, merged: Pool, frozen, config, train_b, val_b, keys, out_dir
             res["application"] = choice
     # evaluation uses the factored form (exact, and cheap for generation's few tokens)
     if m.tuning.kind == "joint":
-        adapters = to_adapters(best, fz)
+        adapters = objective.adapters(best, fz)
     else:
-        adapters = factored_adapters(merged, best["w"], gran, act)
+        adapters = factored_adapters(stacks, best["w"], gran, act)
     coefs = module_coefficients(merged, best["w"], gran, act)
     arrays = {"w": best["w"], **{f"coef/{mod}": c for mod, c in coefs.items()}}
     if m.tuning.kind == "joint":
-        arrays.update(ckpt.flatten({"a": best["a"], "b": best["b"]}))
+        arrays.update(ckpt.flatten({"a": _unpadded(best["a"], stacks), "b": _unpadded(best["b"], stacks, axis=2)}))
     res["merged_names"] = list(merged.names)
     return adapters, history, res, arrays
+
+
+def _unpadded(factors: dict, stacks: dict, axis: int = 1) -> dict:
+    """Joint-trained factors without the bucket's padding rows (what the run's adapters really have)."""
+    return {m: jax.lax.slice_in_dim(f, 0, int(sum(stacks[m].ranks)), axis=axis) for m, f in factors.items()}
 
 
 def _row_mask(s: ModuleStack) -> jax.Array:
@@ -297,17 +277,11 @@ def _row_mask(s: ModuleStack) -> jax.Array:
 EVAL_MICRO = 8  # rows per micro-batch when a whole split is evaluated at once (LoraHub's loss, _loss)
 
 
-@functools.lru_cache(maxsize=4)
-def _plain_eval(config):
-    """One jitted mean-answer-loss per model config, shared by the runs of a process (a sweep): its
-    compilations (one per validation shape and adapter structure: base, dense deltas, factored
-    ranks) are reused across runs instead of rebuilt per call."""
-    return make_eval(lambda adapters, params, b: answer_loss_sums(params, config, b, adapters))
-
-
 def _loss(params, adapters, batch, config) -> float:
-    """Mean answer loss of one encoded split under ``adapters`` (None: the base)."""
-    return float(_plain_eval(config)(adapters, params, place_batch(micro_batches(batch, EVAL_MICRO))))
+    """Mean answer loss of one encoded split under ``adapters`` (None: the base): one compiled program per
+    (config, split shape, adapter structure), shared by every run of the process."""
+    return float(eval_loss(adapters, params, place_batch(micro_batches(batch, EVAL_MICRO)),
+                           objective=objectives.Adapters(config)))
 
 
 class RunMismatch(UserError):

@@ -1,17 +1,20 @@
 """Gradient training of a trainable pytree against a frozen base, resumable (paper App. C; REFERENCE §1).
 
-``fit(loss_fn, trainable, frozen, train, val, tuning, ...)``: optax AdamW (weight decay 0) with a
+``fit(objective, trainable, frozen, train, val, tuning, ...)``: optax AdamW (weight decay 0) with a
 cosine schedule and ``tuning.warmup`` linear warmup, effective batch ``tuning.batch_size``
 (gradients accumulated over micro-batches by a ``lax.scan``; the loss is the mean over every answer
 token of the effective batch, not a mean of micro-batch means), the validation loss at step 0 and
-every ``tuning.eval_every`` steps, the state with the lowest validation loss kept. One jitted step,
-the trainable + optimizer state donated; the frozen pytree (base params, pool stacks) is an argument
-that is never written, so it is bit-identical afterwards. With ``out_dir`` every evaluation is
+every ``tuning.eval_every`` steps, the state with the lowest validation loss kept. The step
+(``train_step``) and the evaluation (``eval_loss``) are module-level jitted functions whose only static
+arguments are the hashable ``objective`` and ``UpdateRule``; learning rates are data (injected
+hyperparameters, one per optimiser partition), so every run with equal configuration and shapes reuses
+one compiled program. The trainable + optimizer state is donated; the frozen pytree (base params, pool
+stacks) is an argument that is never written, so it is bit-identical afterwards. With ``out_dir`` every evaluation is
 followed by an orbax checkpoint; a restarted run resumes from the latest one and, the batches being
 a pure function of (seed, step), ends with exactly the state of an uninterrupted run.
 
-``loss_fn(trainable, frozen, batch) -> (sum of token losses, token count)``; ``answer_loss_sums``
-is the causal-LM one. Merged adapters reach the forward factored or dense, whichever costs fewer
+``objective(trainable, frozen, batch) -> (sum of token losses, token count)``
+(``jaxmerge.adaptive.objectives``). Merged adapters reach the forward factored or dense, whichever costs fewer
 FLOPs per step for the shapes at hand (``application_cost``).
 
 Shapes: n examples, T tokens; batches on device are ``[micro-batches, micro, T]``.
@@ -20,6 +23,7 @@ Shapes: n examples, T tokens; batches on device are ``[micro-batches, micro, T]`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Mapping
 
@@ -29,22 +33,10 @@ import numpy as np
 import optax
 
 from ..config import LlamaConfig
-from ..lora import Dense, Factored
-from ..tasks.encode import answer_logprobs
 from . import checkpoint as ckpt
 from .space import Tuning
 
 Batch = Mapping[str, Any]  # {"tokens": [n, T] int32, "attention_mask": [n, T], "loss_mask": [n, T]}
-
-
-# --- the loss --------------------------------------------------------------------------------------
-def answer_loss_sums(params, config: LlamaConfig, batch: Batch, adapters=None, remat: bool = False):
-    """(Σ cross-entropy over answer tokens, number of answer tokens) of a batch — the sums behind
-    ``jaxmerge.tasks.answer_loss``, so that micro-batches add up to the effective batch's token mean.
-    ``loss_mask`` follows ``jaxmerge.tasks.encode``'s next-token convention; the LM head runs at the
-    answer positions only (``batch["answer_index"]``), never over ``[batch, tokens, vocab]``."""
-    lp, mask = answer_logprobs(params, config, batch, adapters, remat)
-    return -jnp.sum(lp * mask), jnp.sum(mask)
 
 
 # --- factored or dense ---------------------------------------------------------------------------
@@ -75,23 +67,62 @@ def choose_application(pool, config: LlamaConfig, tokens_per_step: int, applicat
     return {m: min(c, key=c.get) for m, c in cost.items()}
 
 
-def apply_choice(adapters: Mapping[str, Factored], choice: Mapping[str, str]) -> dict:
-    """Factored adapters → the chosen form per module (``Dense`` materialises Σ m·B·A)."""
-    return {m: Dense(f.dense()) if choice.get(m) == "dense" else f for m, f in adapters.items()}
-
-
 # --- optimiser, batches --------------------------------------------------------------------------
-def optimizer(tuning: Tuning, trainable: Mapping, lora_keys: tuple[str, ...] = ()) -> optax.GradientTransformation:
-    """AdamW (wd 0) on a warmup-cosine schedule; top-level keys in ``lora_keys`` use ``tuning.lora_lr``."""
-    def adamw(lr):
-        sched = optax.warmup_cosine_decay_schedule(0.0, lr, int(tuning.warmup * tuning.steps),
-                                                   max(tuning.steps, 1), 0.0)
-        return optax.adamw(sched, weight_decay=0.0)
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """The static half of an update: which top-level trainable keys are LoRA factors (their own learning
+    rate), the L1 penalty l1·mean|w| on the coefficients, the box coefficients are clipped to."""
+    lora_keys: tuple[str, ...] = ()
+    l1: float = 0.0
+    bounds: tuple[float, float] | None = None
 
-    if not lora_keys or tuning.lora_lr is None:
-        return adamw(tuning.lr)
-    labels = {k: ("lora" if k in lora_keys else "coef") for k in trainable}
-    return optax.multi_transform({"coef": adamw(tuning.lr), "lora": adamw(tuning.lora_lr)}, labels)
+    @classmethod
+    def of(cls, tuning: Tuning, lora_keys: tuple[str, ...] = ()) -> "UpdateRule":
+        return cls(tuple(lora_keys), float(tuning.l1), None if tuning.bounds is None else tuple(tuning.bounds))
+
+    def penalty(self, trainable):
+        return self.l1 * jnp.mean(jnp.abs(trainable["w"])) if self.l1 else jnp.float32(0.0)
+
+    def project(self, trainable):
+        if self.bounds is None:
+            return trainable
+        return {**trainable, "w": jnp.clip(trainable["w"], *self.bounds)}
+
+
+GROUPS = ("coef", "lora")  # optimiser partitions; the learning rates of a step are data, in this order
+
+
+def optimizer(rule: UpdateRule) -> optax.GradientTransformation:
+    """AdamW (weight decay 0) per partition — coefficients and LoRA factors — with the learning rate an
+    injected hyperparameter, set every step from data (``learning_rates``): one compiled step serves every
+    learning rate and schedule."""
+    def adamw():
+        return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
+
+    return optax.partition({g: adamw() for g in GROUPS},
+                           lambda tree: {k: GROUPS[k in rule.lora_keys] for k in tree})
+
+
+def learning_rates(tuning: Tuning) -> np.ndarray:
+    """``[steps, 2]`` the (coefficient, LoRA) learning rate of every step: linear warmup over
+    ``tuning.warmup`` of the steps, then cosine decay to 0 (``optax.warmup_cosine_decay_schedule``)."""
+    def sched(lr):
+        f = optax.warmup_cosine_decay_schedule(0.0, lr, int(tuning.warmup * tuning.steps), max(tuning.steps, 1), 0.0)
+        return np.asarray([float(f(i)) for i in range(tuning.steps)], np.float32)
+
+    coef = sched(tuning.lr)
+    lora = coef if tuning.lora_lr is None else sched(tuning.lora_lr)
+    return np.stack([coef, lora], 1) if tuning.steps else np.zeros((0, 2), np.float32)
+
+
+def _with_lr(opt_state, lrs: jax.Array):
+    """The optimiser state with this step's learning rates (``lrs [2]``, ``GROUPS`` order)."""
+    inner = {}
+    for i, g in enumerate(GROUPS):
+        masked = opt_state.inner_states[g]
+        hp = {**masked.inner_state.hyperparams, "learning_rate": lrs[i]}
+        inner[g] = masked._replace(inner_state=masked.inner_state._replace(hyperparams=hp))
+    return opt_state._replace(inner_states=inner)
 
 
 def batch_indices(key: jax.Array, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -136,9 +167,10 @@ def place_batch(batch: dict, mesh=None) -> dict:
 def place_state(tree: Any, mesh) -> Any:
     """The trainable state on ``mesh``: leaves already laid out on that mesh (e.g. LoRA factors
     sharded like the base) keep their sharding, the rest — coefficients ``[k, L, M]``, optimizer
-    moments, counters — are replicated on every device. ``mesh=None`` leaves the tree as it is."""
+    moments, counters — are replicated on every device. ``mesh=None``: committed to the default device,
+    as the step's outputs are (an uncommitted first state would compile the step a second time)."""
     if mesh is None:
-        return tree
+        return jax.device_put(tree, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     from jax.sharding import NamedSharding, PartitionSpec as P
     replicated = NamedSharding(mesh, P())
 
@@ -150,44 +182,44 @@ def place_state(tree: Any, mesh) -> Any:
 
 
 # --- the step ------------------------------------------------------------------------------------
-def make_step(loss_fn: Callable, opt: optax.GradientTransformation, penalty: Callable | None = None,
-              project: Callable | None = None):
-    """``step(state, frozen, batch) -> (state, loss)`` with ``state = {"trainable", "opt"}`` and
-    ``batch`` leaves ``[micro-batches, micro, T]``; jitted, ``state`` donated."""
-    def step(state, frozen, batch):
-        trainable = state["trainable"]
-        grad_fn = jax.value_and_grad(lambda tr, mb: loss_fn(tr, frozen, mb), has_aux=True)
+def _accumulated(loss_fn: Callable, trainable, frozen, batch):
+    """Token-mean loss and gradient over the micro-batches ``batch [micro-batches, micro, T]``."""
+    grad_fn = jax.value_and_grad(lambda tr, mb: loss_fn(tr, frozen, mb), has_aux=True)
 
-        def body(carry, mb):
-            (s, c), g = grad_fn(trainable, mb)
-            return (carry[0] + s, carry[1] + c, jax.tree.map(jnp.add, carry[2], g)), None
+    def body(carry, mb):
+        (s, c), g = grad_fn(trainable, mb)
+        return (carry[0] + s, carry[1] + c, jax.tree.map(jnp.add, carry[2], g)), None
 
-        zero = jax.tree.map(jnp.zeros_like, trainable)
-        (s, c, g), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0), zero), batch)
-        c = jnp.maximum(c, 1.0)
-        loss, grads = s / c, jax.tree.map(lambda x: x / c, g)
-        if penalty is not None:
-            p, pg = jax.value_and_grad(penalty)(trainable)
-            loss, grads = loss + p, jax.tree.map(jnp.add, grads, pg)
-        updates, opt_state = opt.update(grads, state["opt"], trainable)
-        trainable = optax.apply_updates(trainable, updates)
-        if project is not None:
-            trainable = project(trainable)
-        return {"trainable": trainable, "opt": opt_state}, loss
-
-    return jax.jit(step, donate_argnums=(0,))
+    zero = jax.tree.map(jnp.zeros_like, trainable)
+    (s, c, g), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0), zero), batch)
+    c = jnp.maximum(c, 1.0)
+    return s / c, jax.tree.map(lambda x: x / c, g)
 
 
-def make_eval(loss_fn: Callable, penalty: Callable | None = None):
-    """``evaluate(trainable, frozen, batch) -> mean token loss (+ penalty)`` over micro-batches (jitted)."""
-    def evaluate(trainable, frozen, batch):
-        def body(carry, mb):
-            s, c = loss_fn(trainable, frozen, mb)
-            return (carry[0] + s, carry[1] + c), None
-        (s, c), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batch)
-        loss = s / jnp.maximum(c, 1.0)
-        return loss + penalty(trainable) if penalty is not None else loss
-    return jax.jit(evaluate)
+@functools.partial(jax.jit, static_argnames=("objective", "rule"), donate_argnums=(0,))
+def train_step(state, frozen, batch, lrs, *, objective: Callable, rule: UpdateRule):
+    """One update: ``state = {"trainable", "opt"}`` (donated), ``frozen`` never written, ``batch`` leaves
+    ``[micro-batches, micro, T]``, ``lrs [2]`` this step's learning rates. Compiled once per (objective,
+    rule, shapes): the objective and rule are hashable static configuration, everything else is data."""
+    trainable = state["trainable"]
+    loss, grads = _accumulated(objective, trainable, frozen, batch)
+    if rule.l1:
+        p, pg = jax.value_and_grad(rule.penalty)(trainable)
+        loss, grads = loss + p, jax.tree.map(jnp.add, grads, pg)
+    updates, opt_state = optimizer(rule).update(grads, _with_lr(state["opt"], lrs), trainable)
+    trainable = rule.project(optax.apply_updates(trainable, updates))
+    return {"trainable": trainable, "opt": opt_state}, loss
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "rule"))
+def eval_loss(trainable, frozen, batch, *, objective: Callable, rule: UpdateRule | None = None):
+    """Mean token loss over micro-batches ``[micro-batches, micro, T]`` (+ the rule's L1 penalty)."""
+    def body(carry, mb):
+        s, c = objective(trainable, frozen, mb)
+        return (carry[0] + s, carry[1] + c), None
+    (s, c), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batch)
+    loss = s / jnp.maximum(c, 1.0)
+    return loss + rule.penalty(trainable) if rule is not None and rule.l1 else loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,22 +234,25 @@ class FitResult:
     state_shardings: Any = None  # where the trained state (trainable, optimiser) lived after the last step
 
 
-def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch, tuning: Tuning, *,
-        key: jax.Array, out_dir: str | None = None, mesh=None, penalty: Callable | None = None,
-        project: Callable | None = None, lora_keys: tuple[str, ...] = (), progress: bool = True,
-        desc: str = "train") -> FitResult:
+def fit(objective: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch, tuning: Tuning, *,
+        key: jax.Array, out_dir: str | None = None, mesh=None, lora_keys: tuple[str, ...] = (),
+        progress: bool = True, desc: str = "train") -> FitResult:
     """Train ``trainable`` for ``tuning.steps`` steps; see the module docstring.
 
-    ``train`` / ``val``: encoded examples (``[n, T]`` arrays). ``key``: the run's RNG key (batches).
-    ``out_dir``: checkpoint folder (resumes from it). ``penalty(trainable)`` is added to the loss;
-    ``project(trainable)`` is applied after each update (e.g. clipping to a box). The validation loss
-    that selects the best state is the plain answer loss (no penalty).
+    ``objective``: a hashable loss (``jaxmerge.adaptive.objectives``) — the static half of the compiled
+    step, which every run with an equal objective and equal shapes shares. ``train`` / ``val``: encoded
+    examples (``[n, T]`` arrays). ``key``: the run's RNG key (batches). ``out_dir``: checkpoint folder
+    (resumes from it). ``tuning.l1`` adds l1·mean|w| to the training loss and ``tuning.bounds`` clips the
+    coefficients after each update; ``lora_keys`` train at ``tuning.lora_lr``. The validation loss that
+    selects the best state is the plain answer loss (no penalty).
     """
     steps, bs = tuning.steps, tuning.batch_size
     micro = tuning.micro_batch or bs
     n_train = len(np.asarray(train["tokens"]))
-    opt = optimizer(tuning, trainable, lora_keys)
-    step_fn, eval_fn = make_step(loss_fn, opt, penalty, project), make_eval(loss_fn)  # validation: the plain loss
+    rule = UpdateRule.of(tuning, lora_keys)
+    opt, lrs = optimizer(rule), jnp.asarray(learning_rates(tuning))
+    step_fn = functools.partial(train_step, objective=objective, rule=rule)
+    eval_fn = functools.partial(eval_loss, objective=objective)  # validation: the plain loss
     val_b = place_batch(micro_batches(val, micro), mesh)
 
     trainable = place_state(jax.tree.map(lambda x: jnp.array(x, copy=True), trainable), mesh)  # donated by the step
@@ -261,7 +296,7 @@ def fit(loss_fn: Callable, trainable: Any, frozen: Any, train: Batch, val: Batch
     loss = float("nan")
     for s in range(start, steps):
         idx = batch_indices(key, s, n_train, bs)
-        run, loss = step_fn(run, frozen, place_batch(_micro(train, idx, micro), mesh))
+        run, loss = step_fn(run, frozen, place_batch(_micro(train, idx, micro), mesh), lrs[s])
         done = s + 1
         if done % tuning.eval_every == 0 or done == steps:
             v = evaluate(done)

@@ -21,14 +21,14 @@ Leaky ReLU follows PyTorch's convention (slope 0.01; gradient = slope at exactly
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
 from ..config import ATTN_MODULES, MODULES
 from ..lora import Factored
-from ..stacks import Pool
+from ..stacks import ModuleStack, Pool
 
 GRANULARITIES = ("model", "layer", "sublayer", "module")
 ACTIVATIONS = ("linear", "softmax", "leaky_relu")
@@ -73,19 +73,29 @@ def expand(w: jax.Array, granularity: str, modules: Sequence[str], num_layers: i
     return out
 
 
-def module_order(pool: Pool) -> tuple[str, ...]:
+Stacks = Union[Pool, Mapping[str, ModuleStack]]  # a Pool, or its modules alone (what jitted steps carry)
+
+
+def _stacks(pool: Stacks) -> Mapping[str, ModuleStack]:
+    return pool.modules if isinstance(pool, Pool) else pool
+
+
+def module_order(pool: Stacks) -> tuple[str, ...]:
     """The pool's module types in canonical (``MODULES``) order: the M axis of module coefficients."""
-    return tuple(m for m in MODULES if m in pool.modules)
+    return tuple(m for m in MODULES if m in _stacks(pool))
 
 
-def module_coefficients(pool: Pool, w: jax.Array, granularity: str, activation: str) -> dict[str, jax.Array]:
+def module_coefficients(pool: Stacks, w: jax.Array, granularity: str, activation: str) -> dict[str, jax.Array]:
     """Raw coefficients → activated per-module ``{module: [N, L]}`` for this pool."""
-    return expand(activate(w, activation), granularity, module_order(pool), pool.num_layers)
+    stacks = _stacks(pool)
+    num_layers = next(iter(stacks.values())).a.shape[0]
+    return expand(activate(w, activation), granularity, module_order(pool), num_layers)
 
 
-def factored_adapters(pool: Pool, w: jax.Array, granularity: str, activation: str) -> dict[str, Factored]:
+def factored_adapters(pool: Stacks, w: jax.Array, granularity: str, activation: str) -> dict[str, Factored]:
     """The forward's adapters for raw coefficients ``w``: Σ_i act(w)_i·s_i·B_i·A_i per module, factored."""
-    return pool.factored(module_coefficients(pool, w, granularity, activation))
+    coefs = module_coefficients(pool, w, granularity, activation)
+    return {m: s.factored(coefs[m]) for m, s in _stacks(pool).items()}
 
 
 def dense_deltas(pool: Pool, w: jax.Array, granularity: str, activation: str) -> dict[str, jax.Array]:
