@@ -662,3 +662,17 @@ def use_local_index(monkeypatch, url: str, cache: str) -> None:
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     monkeypatch.setenv("JAXMERGE_CACHE", cache)
+
+
+# Three PEFT adapters of mixed shapes (ranks 4/8/2, rsLoRA, different modules, one on layer 1 only): the
+# merge oracles' standard pool
+MIXED_ADAPTERS = (dict(seed=1, r=4),
+                  dict(seed=2, r=8, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
+                  dict(seed=3, r=2, target_modules=["q_proj", "gate_proj", "down_proj"], layers_to_transform=[1]))
+
+
+def write_mixed_adapters(model, root, names=("a0", "a1", "a2")) -> list:
+    """``MIXED_ADAPTERS`` written by PEFT under ``root/<name>``; returns the folders."""
+    for n, spec in zip(names, MIXED_ADAPTERS):
+        write_adapter(model, root / n, **spec)
+    return [root / n for n in names]

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from helpers import fixed_bernoulli, fixed_noise, hf_llama, write_adapter
+from helpers import fixed_bernoulli, fixed_noise, hf_llama, write_mixed_adapters
 
 import mergekit  # noqa: F401,E402 — in the test extra: the oracle must be there, never skipped
 
@@ -42,11 +42,7 @@ CASES = [
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("mergekit")
     model = hf_llama(root / "base")
-    write_adapter(model, root / "a0", seed=1, r=4)
-    write_adapter(model, root / "a1", seed=2, r=8, lora_alpha=4, use_rslora=True,
-                  target_modules=["q_proj", "v_proj", "down_proj"])
-    write_adapter(model, root / "a2", seed=3, r=2, target_modules=["q_proj", "gate_proj", "down_proj"],
-                  layers_to_transform=[1])
+    write_mixed_adapters(model, root, ("a0", "a1", "a2"))
     return root
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from helpers import fixed_bernoulli, fixed_noise, hf_llama, write_adapter
+from helpers import fixed_bernoulli, fixed_noise, hf_llama, write_adapter, write_mixed_adapters
 from jaxmerge.cli import main
 from jaxmerge.merge.stream import stream_merge
 
@@ -32,11 +32,7 @@ RANK = 6
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("combos")
     model = hf_llama(root / "base")
-    write_adapter(model, root / "a", seed=1, r=4)
-    write_adapter(model, root / "b", seed=2, r=8, lora_alpha=4, use_rslora=True,
-                  target_modules=["q_proj", "v_proj", "down_proj"])
-    write_adapter(model, root / "c", seed=3, r=2, target_modules=["q_proj", "gate_proj", "down_proj"],
-                  layers_to_transform=[1])
+    write_mixed_adapters(model, root, "abc")
     write_adapter(model, root / "e0", seed=4, r=4, target_modules=["q_proj", "down_proj"])
     write_adapter(model, root / "e1", seed=5, r=4, lora_alpha=16, target_modules=["q_proj", "down_proj"])
     return root
