@@ -14,6 +14,7 @@ computed once per (task, seed) and shared by every method.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -95,6 +96,8 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
     from jaxmerge.adaptive.run import run_method
     from jaxmerge.distributed import maybe_initialize
     from jaxmerge.tasks import load_task
+    from jaxmerge.atomic import write_json
+    from jaxmerge.compiles import count_compiles
     from jaxmerge.progress import bar as progress_bar
 
     maybe_initialize()
@@ -109,30 +112,40 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
     pool, report = jaxmerge.load_pool(pool_sources or world.pool_dirs, b.config, progress=progress)
     print(report.summary())
     bar = progress_bar(len(specs), "sweep", "run", enabled=progress, initial=len(specs) - len(todo))
-    tasks = {}
+    tasks, by_function, compile_s = {}, collections.Counter(), 0.0
     for spec in todo:
         if spec.task not in tasks:
             tasks = {spec.task: load_task(spec.task, world=world)}  # one task in memory at a time
         td = tasks[spec.task]
         ref = os.path.join(out, "reference", spec.task, f"seed{spec.seed}")
         common = dict(seed=spec.seed, progress=False)
-        zero = run_method("zero-shot", b, None, td, out_dir=os.path.join(ref, "zero-shot"), **common)
-        target = run_method("target-lora", b, None, td, out_dir=os.path.join(ref, "target-lora"),
-                            steps=target_lora_steps, **common)
         t0 = time.time()
-        name = "average" if spec.method == "average-all" else spec.method
-        k = pool.num_adapters if spec.method == "average-all" else spec.k
-        r = run_method(name, b, pool, td, k=effective_k(name, k, pool.num_adapters), seed=spec.seed,
-                       out_dir=os.path.join(out, "runs", spec.key), steps=steps, with_target_lora=spec.with_target_lora,
-                       random_pool=spec.random_pool or None, selection_kind=spec.selection,
-                       target_lora=target["adapter_path"], progress=False)
+        with count_compiles() as cc:  # every XLA compilation of this run (its references included)
+            zero = run_method("zero-shot", b, None, td, out_dir=os.path.join(ref, "zero-shot"), **common)
+            target = run_method("target-lora", b, None, td, out_dir=os.path.join(ref, "target-lora"),
+                                steps=target_lora_steps, **common)
+            name = "average" if spec.method == "average-all" else spec.method
+            k = pool.num_adapters if spec.method == "average-all" else spec.k
+            r = run_method(name, b, pool, td, k=effective_k(name, k, pool.num_adapters), seed=spec.seed,
+                           out_dir=os.path.join(out, "runs", spec.key), steps=steps,
+                           with_target_lora=spec.with_target_lora, random_pool=spec.random_pool or None,
+                           selection_kind=spec.selection, target_lora=target["adapter_path"], progress=False)
         append_jsonl(results, {"spec": {**dataclasses.asdict(spec), "key": spec.key}, "test_accuracy": r["test_accuracy"],
                                "zero_shot_accuracy": zero["test_accuracy"], "target_lora_accuracy": target["test_accuracy"],
                                "best_val_loss": r.get("best_val_loss"), "k": r.get("k"),
                                "coefficients_path": r.get("coefficients_path"), "merged_names": r.get("merged_names"),
-                               "selected": r.get("selected"), "seconds": round(time.time() - t0, 1)})
+                               "selected": r.get("selected"), "seconds": round(time.time() - t0, 1),
+                               "compiles": cc.total, "compile_seconds": cc.seconds})
+        by_function.update(cc.by_function)
+        compile_s += cc.seconds
         bar.update(1)
     bar.close()
+    if todo:
+        summary = {"runs": len(todo), "compiles": sum(by_function.values()), "compile_seconds": round(compile_s, 1),
+                   "by_function": dict(by_function.most_common())}
+        write_json(os.path.join(out, "compiles.json"), summary)
+        print(f"sweep: {len(todo)} runs, {summary['compiles']} XLA compilations ({summary['compile_seconds']} s); "
+              f"most: {', '.join(f'{k} ×{v}' for k, v in by_function.most_common(4))}")
 
 
 def main(argv=None) -> int:
