@@ -91,10 +91,11 @@ def _concat_model(model, pool, modules, coef: _Coefficients):
 
     for j, name in enumerate(modules):
         st = pool.modules[name]
-        owner = torch.from_numpy(st.owner.astype(np.int64))
+        own = np.asarray(st.owner)
+        R = int((own >= 0).sum())  # padding rows (owner -1, multiplier 0) come after every adapter's
+        owner = torch.from_numpy(own[:R].astype(np.int64))
         scale = torch.from_numpy(np.array(st.scale, np.float32))
         a_all, b_all = _tensor(np.asarray(st.a)), _tensor(np.asarray(st.b))
-        R = len(owner)  # rows beyond Σr (pad_rows) carry multiplier 0: not part of any adapter
         for layer_idx, layer in enumerate(model.model.layers):
             group = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
             setattr(group, name, ConcatLoRALinear(getattr(group, name), a_all[layer_idx, :R],

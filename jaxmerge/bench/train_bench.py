@@ -5,7 +5,8 @@ LoRAs, init 0), leaky-ReLU activation, the merged delta Σ_i act(w_i)·s_i·B_i�
 dense per module as the engine chooses (``adaptive.train.choose_application``), next-token
 cross-entropy on the answer tokens with the LM head at the answer positions only
 (``answer_loss_sums``), AdamW (weight decay 0, warmup-cosine schedule), one jitted step with the
-trainable and optimizer state donated (``jaxmerge.adaptive.train.make_step``).
+trainable and optimizer state donated: the engine's own ``objectives.Coefficients`` through
+``train.train_step``, on the pool bucketed as ``run_method`` buckets it.
 
 Against PyTorch in the same process, on the same weights (shared memory), batch and schedule
 (``jaxmerge.bench.torch_ref``): the authors' rank-concatenated LoRA layer and PEFT with k separate
@@ -40,6 +41,7 @@ import time
 import numpy as np
 
 REAL_HIDDEN = 4096  # Llama-3.1-8B, whose pool the shapes file describes
+WARMUP = 0.1  # the schedule's warmup fraction (REFERENCE §1), on both sides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,36 +143,38 @@ def make_batch(vocab: int, batch: int, seq: int, answer: int, seed: int) -> dict
 
 
 # --- JAX -----------------------------------------------------------------------------------------------
-def jax_side(config, params, pool, batch, *, lr: float, warm: int, total: int, application: str = "auto",
-             dot: str = "default"):
-    """(``run(n_steps) -> losses`` over donated state, the per-module application, the dot library)."""
+def jax_side(config, params, pool, batch, *, lr: float, total: int, application: str = "auto"):
+    """(``run(n_steps) -> losses`` over donated state, the per-module application, the dot library):
+    the engine's own ``ours`` step (``objectives.Coefficients`` through ``train.train_step``) on ``pool``
+    bucketed as ``run_method`` buckets it, learning rates as data (``train.learning_rates``)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     from .. import xla_cpu
-    from ..adaptive.train import answer_loss_sums, apply_choice, choose_application, make_step
-    from ..merge.coefficients import factored_adapters
+    from ..adaptive import objectives
+    from ..adaptive.space import Tuning
+    from ..adaptive.train import UpdateRule, choose_application, learning_rates, optimizer, train_step
+    from ..stacks import bucketed
 
+    pool = bucketed(pool)
     choice = choose_application(pool, config, int(batch["tokens"].size), application)
-
-    def loss_fn(trainable, frozen, mb):
-        adapters = apply_choice(factored_adapters(frozen["pool"], trainable["w"], "module", "leaky_relu"), choice)
-        return answer_loss_sums(frozen["params"], config, mb, adapters)
-
-    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, 0.0), weight_decay=0.0)
+    objective = objectives.Coefficients(config, "module", "leaky_relu", tuple(sorted(choice.items())))
+    rule = UpdateRule()
+    lrs = jnp.asarray(learning_rates(Tuning(lr=lr, steps=total, warmup=WARMUP)))
     w = jnp.zeros((pool.num_adapters, pool.num_layers, len(pool.modules)), jnp.float32)
-    state = {"trainable": {"w": w}, "opt": opt.init({"w": w})}
-    frozen = {"params": params, "pool": pool}
+    state = {"trainable": {"w": w}, "opt": optimizer(rule).init({"w": w})}
+    frozen = {"params": params, "stacks": pool.modules}
     dev_batch = {k: jnp.asarray(v)[None] for k, v in batch.items()}  # one micro-batch: the effective batch
-    step = xla_cpu.compile(make_step(loss_fn, opt).lower(state, frozen, dev_batch), dot)
+    step = train_step.lower(state, frozen, dev_batch, lrs[0], objective=objective, rule=rule).compile()
+    done = 0
 
     def run(n):
-        nonlocal state
+        nonlocal state, done
         losses = []
         for _ in range(n):
-            state, loss = step(state, frozen, dev_batch)
+            state, loss = step(state, frozen, dev_batch, lrs[done])
             losses.append(loss)
+            done += 1
         return [float(x) for x in jax.block_until_ready(losses)]
 
     return run, choice, xla_cpu.dot_backend(step)
@@ -195,11 +199,13 @@ def measure(args, hf_config: dict, where: str, batch_size: int, seq: int) -> dic
     pool = random_pool(config, shapes, jax.random.key(args.seed), std=0.05)
     batch = make_batch(config.vocab_size, batch_size, seq, args.answer_tokens, args.seed)
     total = args.warmup + args.steps * args.repeats
-    sched = dict(lr=args.lr, warm=int(0.1 * total), total=total)
+    t = time.perf_counter()
     runs = {}
-    runs["jaxmerge"], choice, dot = jax_side(config, params, pool, batch, application=args.application,
-                                             dot=args.xla_cpu_dot, **sched)
-    runs.update(torch_ref.sides(hf_config, params, config, pool, batch, variants=args.torch, **sched))
+    runs["jaxmerge"], choice, dot = jax_side(config, params, pool, batch, lr=args.lr, total=total,
+                                             application=args.application)
+    compile_s = time.perf_counter() - t
+    runs.update(torch_ref.sides(hf_config, params, config, pool, batch, variants=args.torch, lr=args.lr,
+                                warm=int(WARMUP * total), total=total))
     losses, times, first = {n: [] for n in runs}, {n: [] for n in runs}, {}
     for name, run in runs.items():
         t = time.perf_counter()
@@ -228,7 +234,7 @@ def measure(args, hf_config: dict, where: str, batch_size: int, seq: int) -> dic
         "sides": sides, "best_torch": best_torch, "speedup_vs_best_torch": round(jt / sides[best_torch]["tokens_per_s"], 2),
         "speedup_vs": {n: round(jt / sides[n]["tokens_per_s"], 2) for n in torch_names},
         "loss_first_last": [float(jl[0]), float(jl[-1])],
-        "application": choice, "xla_cpu_dot": dot, "peak_rss_gib": round(peak_rss() / 2**30, 2),
+        "application": choice, "xla_cpu_dot": dot, "jax_compile_s": round(compile_s, 2), "peak_rss_gib": round(peak_rss() / 2**30, 2),
         "k": args.k, "batch": batch_size, "seq": seq, "answer_tokens_per_row": int(batch["loss_mask"][0].sum()),
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "ranks": sorted(s.r for s in shapes),
         "sum_rank_per_module": {m: int(sum(s.ranks)) for m, s in pool.modules.items()},
@@ -266,8 +272,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="torch.set_num_threads (default: the CPUs this process may use, as XLA)")
     parser.add_argument("--application", choices=("auto", "factored", "dense"), default="auto",
                         help="jaxmerge's LoRA application (auto: the engine's per-module choice)")
-    parser.add_argument("--xla-cpu-dot", choices=("default", "onednn", "auto"), default="default",
-                        help="XLA:CPU's GEMM library for the JAX step (jaxmerge.xla_cpu)")
     parser.add_argument("--pool-shapes", default=None, help="the real pool's shapes (default: the shipped "
                         "paper-llama31-8b manifest, or $JAXMERGE_POOL_SHAPES)")
     parser.add_argument("--no-scale-ranks", action="store_true", help="keep the real ranks on a narrow base")
