@@ -143,6 +143,7 @@ def stream_merge(base: str, sources: Sequence, out: str, *, method: str = "avera
         out_dtype = {k: np.dtype(dtype) if dtype is not None else own[k][0] for k in own}
         passthrough = [k for k in ckpt.keys() if k not in set(merged)]
         plan = Plan.make([(k, out_dtype[k], own[k][1]) for k in passthrough + merged], shard_bytes)
+        plan_dtype = out_dtype
     else:
         if rank is not None:
             r = rank
@@ -176,11 +177,11 @@ def stream_merge(base: str, sources: Sequence, out: str, *, method: str = "avera
             wl = w[:, l0:l0 + n]
             for mod, stack in pool.modules.items():
                 if fmt == "model":
-                    delta = np.asarray(merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise))
+                    delta = merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise)
                     for j in range(n):
                         k = weight_key(mod, l0 + j)
                         if not writer.is_done(k):
-                            writer.write(k, fold(ckpt[k], delta[j]))
+                            writer.write(k, fold(ckpt[k], delta[j], plan_dtype[k]))
                 else:
                     f = factored_window(stack, m, p, wl)
                     d = f if f is not None else merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise)
