@@ -54,7 +54,7 @@ def write_model_files(folder: str | os.PathLike, config: Mapping[str, Any], tens
     from transformers import GenerationConfig
     dtypes = {np.asarray(t).dtype.name for t in tensors.values()}
     dtype = "bfloat16" if dtypes == {"bfloat16"} else "float16" if dtypes == {"float16"} else "float32"
-    tmp = os.fspath(folder)  # noqa: the folder being filled
+    tmp = os.fspath(folder)
     cfg = hf_config(config, architecture, dtype)
     write_json(os.path.join(tmp, "config.json"), _json_of(cfg), indent=2)
     write_json(os.path.join(tmp, "generation_config.json"), _json_of(GenerationConfig.from_model_config(cfg)), indent=2)
