@@ -99,3 +99,60 @@ def test_merge_cli_with_hub_ids_offline(hub, tmp_path):
     bad = run("--base", "someone/not-cached", "--adapters", "someone/lora-a", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert "'someone/not-cached'" in bad.stderr and "HF_HUB_OFFLINE=1" in bad.stderr
+
+
+# --- a registry task's hub dataset, offline ------------------------------------------------------------
+def _arc_parquet(n, offset):
+    import io
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{"id": f"q{i}", "question": f"Which number follows {i}?",
+             "choices": {"text": [str(i + 1), str(i + 5), str(i - 1)], "label": ["A", "B", "C"]},
+             "answerKey": "A"} for i in range(offset, offset + n)]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+ARC_README = b"""---
+configs:
+- config_name: ARC-Easy
+  data_files:
+  - split: train
+    path: ARC-Easy/train-*
+  - split: test
+    path: ARC-Easy/test-*
+- config_name: ARC-Challenge
+  data_files:
+  - split: train
+    path: ARC-Challenge/train-*
+---
+"""
+
+
+def test_registry_hub_task_reads_the_hub_cache_offline(tmp_path, monkeypatch):
+    """``--task arc_easy`` with HF_HUB_OFFLINE=1 and an empty datasets cache: the dataset repo's snapshot in
+    huggingface_hub's cache (allenai/ai2_arc's layout: parquet per config, README configs) is what is read;
+    ``tasks list --offline`` says so; without the snapshot it is one error naming the dataset and the mode."""
+    import datasets
+    from jaxmerge.tasks import TaskError, load_task
+    from jaxmerge.tasks.cli import rows
+    cache = tmp_path / "hub"
+    use_hub_cache(monkeypatch, cache)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(TaskError, match=r"dataset allenai/ai2_arc \(ARC-Easy\) is not cached .*HF_HUB_OFFLINE=1"):
+        load_task("arc_easy")
+    hub_cache(cache, {"allenai/ai2_arc": {"README.md": ARC_README,
+                                          "ARC-Easy/train-00000-of-00001.parquet": _arc_parquet(150, 0),
+                                          "ARC-Easy/test-00000-of-00001.parquet": _arc_parquet(40, 1000),
+                                          "ARC-Challenge/train-00000-of-00001.parquet": _arc_parquet(120, 5000)}},
+              repo_type="dataset")
+    data = load_task("arc_easy")
+    assert (len(data.train), len(data.validation), len(data.test)) == (80, 20, 40)
+    ex = data.test[0]
+    n = int(ex["prompt"].split("follows ")[1].split("?")[0])
+    assert 1000 <= n < 1040 and ex["answer"] == "A" and f"A. {n + 1}" in ex["prompt"]
+    assert {e["prompt"] for e in data.train}.isdisjoint(e["prompt"] for e in data.validation)
+    listed = {r["task"]: r["offline"] for r in rows()}
+    assert listed["arc_easy"].startswith("yes") and listed["arc_challenge"].startswith("yes")

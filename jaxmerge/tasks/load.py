@@ -8,7 +8,8 @@ rows carry ``prompt``/``answer``/``choices``. A plain name that is none of these
 task of the sdist already in the cache resolves like ``bigbench:`` does.
 
 Every tabular source is read through ``datasets.load_dataset`` (the hub loader, or its ``json`` /
-``csv`` builders). With no network and no cached copy a hub task fails with "dataset X is not cached".
+``csv`` builders). Offline, a hub dataset is read from datasets' cache or from its snapshot in
+huggingface_hub's cache; with neither, it fails with "dataset X is not cached".
 """
 
 from __future__ import annotations
@@ -136,20 +137,43 @@ def _is_spec(path: str) -> bool:
 
 # --- sources ------------------------------------------------------------------------------------------
 def _hub(task: Task):
+    """A hub dataset: ``datasets.load_dataset`` (its own cache honoured); when that cannot reach the hub
+    (``HF_HUB_OFFLINE=1``, no network), the dataset repo's snapshot in huggingface_hub's cache, read as a
+    local dataset folder (the same files and README configs the hub loader would read)."""
     import datasets
     dataset_id = task.source.split(":", 1)[1]
     what = dataset_id + (f" ({task.config})" if task.config else "")
     note = f"; this task has no offline source: {task.offline_note}" if task.offline_note else ""
     try:
         return datasets.load_dataset(dataset_id, task.config)
-    except (ConnectionError, FileNotFoundError) as e:
-        raise TaskError(f"dataset {what} is not cached; run with network once to download it "
-                        f"(task {task.name}; {type(e).__name__}: {e}){note}") from None
-    except Exception as e:  # e.g. DatasetNotFoundError when offline, or a gated dataset
-        if "offline" in str(e).lower() or "not find" in str(e).lower() or "couldn't" in str(e).lower():
-            raise TaskError(f"dataset {what} is not cached; run with network once to download it "
-                            f"(task {task.name}; {type(e).__name__}: {e}){note}") from None
-        raise TaskError(f"task {task.name}: loading dataset {what} failed: {type(e).__name__}: {e}") from e
+    except Exception as e:  # ConnectionError when offline, DatasetNotFoundError, a gated dataset, ...
+        unreachable = isinstance(e, (ConnectionError, FileNotFoundError)) or any(
+            w in str(e).lower() for w in ("offline", "not find", "couldn't"))
+        if not unreachable:
+            raise TaskError(f"task {task.name}: loading dataset {what} failed: {type(e).__name__}: {e}") from e
+        reason = f"{type(e).__name__}: {e}"
+    folder = _hub_snapshot(dataset_id)
+    if folder is None:
+        from huggingface_hub import constants
+        mode = " and HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE else ""
+        raise TaskError(f"dataset {what} is not cached (neither by datasets nor in the Hugging Face cache "
+                        f"{constants.HF_HUB_CACHE}){mode}; run with network once to download it "
+                        f"(task {task.name}; {reason}){note}")
+    try:
+        return datasets.load_dataset(folder, task.config)
+    except Exception as e:
+        raise TaskError(f"task {task.name}: reading the cached snapshot of dataset {what} ({folder}) failed: "
+                        f"{type(e).__name__}: {e}") from e
+
+
+def _hub_snapshot(dataset_id: str) -> str | None:
+    """The cached snapshot folder of a hub dataset repo (huggingface_hub's layout), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        return snapshot_download(dataset_id, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def _local_files(where: str) -> dict[str, str]:
