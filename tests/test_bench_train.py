@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from jaxmerge.bench import torch_ref, train_bench
 from jaxmerge.cli import main
 from jaxmerge.config import ModelConfig
@@ -50,6 +52,30 @@ def test_bench_train_on_a_tied_embedding_base(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     _check(res)
     assert set(res["application"].values()) == {"factored"} and res["config"]["tied"]
+
+
+FAMILIES = {  # the adaptive engine's ours step on every family, against transformers + the authors' layer and PEFT
+    "qwen3": dict(architectures=["Qwen3ForCausalLM"], tie_word_embeddings=False),          # q/k RMSNorm
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], tie_word_embeddings=False),          # q/k/v biases
+    "mistral": dict(architectures=["MistralForCausalLM"], sliding_window=6, tie_word_embeddings=False),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_bench_train_on_every_family(tmp_path, capsys, family):
+    """The engine's coefficient-training step (objectives.Coefficients through train.train_step) on Qwen3,
+    Qwen2 and Mistral: losses step by step equal to transformers' model with the rank-concatenated layer
+    and with PEFT (so the gradients agree too); Mistral's window (6) is shorter than the sequence (16)."""
+    cfg = dict(model_type=family, vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=10000.0,
+               max_position_embeddings=64, **FAMILIES[family])
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rc = main(["bench", "train", "--json", "--base", str(tmp_path / "config.json"), "--k", "3", "--seq", "16",
+               "--steps", "4", "--warmup", "2", "--repeats", "1", "--no-scale-ranks", "--answer-tokens", "12", "--lr", "0.1"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _check(res)
+    assert res["config"]["model_type"] == family
 
 
 def test_presets_are_the_real_configs():

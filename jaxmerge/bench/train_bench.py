@@ -243,7 +243,7 @@ def measure(args, hf_config: dict, where: str, batch_size: int, seq: int) -> dic
         "pool_shapes_source": source, "base": where,
         "config": dict(hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
                        kv_heads=config.num_key_value_heads, ffn=config.intermediate_size, vocab=config.vocab_size,
-                       tied=config.tie_word_embeddings),
+                       tied=config.tie_word_embeddings, model_type=config.family),
         "dtype": "float32", "threads": threads, "jax": jax.__version__, "torch": torch.__version__,
         "backend": jax.default_backend(),
     }
