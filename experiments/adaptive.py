@@ -106,21 +106,6 @@ def check_args(args) -> None:
     world_kind(args.world)
 
 
-def quiet_libraries() -> None:
-    """--quiet: the progress bars and info logs of huggingface_hub, datasets and transformers off."""
-    import logging
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    for name in ("datasets", "transformers", "huggingface_hub", "absl", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 # --- the run --------------------------------------------------------------------------------------------
 def load_inputs(args):
     """(base, pool or None, pool report or None, task data, world or None)."""
@@ -231,6 +216,7 @@ def main(argv=None) -> int:
     with cli_errors("experiments.adaptive"):
         check_args(args)
         if args.quiet:
+            from jaxmerge.progress import quiet_libraries
             quiet_libraries()
         run(args)
     return 0

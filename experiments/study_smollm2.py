@@ -109,6 +109,9 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         shutil.copyfile(os.path.join(a.out, "results.jsonl"), os.path.join(a.to, "results.jsonl"))
         return 0
+    if a.quiet:
+        from jaxmerge.progress import quiet_libraries
+        quiet_libraries()
     from .world import world_kind
     tasks = a.tasks or list(world_kind(WORLD).targets)
     run(part(a.part, tasks), a.out, a.budget, progress=not a.quiet)

@@ -179,6 +179,9 @@ def main(argv=None) -> int:
         unknown = [m for m in a.methods if m not in TABLE2_METHODS and m not in method_names()]
         if unknown:
             p.error(f"--methods {' '.join(unknown)}: expected any of {', '.join(dict.fromkeys(TABLE2_METHODS + method_names()))}")
+    if a.quiet:
+        from jaxmerge.progress import quiet_libraries
+        quiet_libraries()
     tasks = a.tasks
     if tasks is None:
         from experiments.world import build_world

@@ -53,3 +53,19 @@ def track(it: Iterable[T], total: int | None = None, desc: str = "", unit: str =
         for x in it:
             yield x
             b.update(1)
+
+
+def quiet_libraries() -> None:
+    """--quiet: the progress bars and info logs of huggingface_hub, datasets and transformers off."""
+    import logging
+    import os
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for name in ("datasets", "transformers", "huggingface_hub", "absl", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf  # a run-time dependency: never skipped
 
 import jaxmerge  # noqa: E402
 from jaxmerge.gguf import GGUFError, gguf_folder  # noqa: E402

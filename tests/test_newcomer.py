@@ -139,3 +139,23 @@ def test_the_readme_python_example_runs_as_written(world):
     scope: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 — the README's own code
     assert scope["logits"].shape[-1] == scope["base"].config.vocab_size
+
+
+@pytest.mark.parametrize("module,args", [
+    ("experiments.adaptive", ["--method", "average", *FAST]),
+    ("experiments.sweep", ["run", "--grid", "table2", "--methods", "average", "--seeds", "0", "--world", "small",
+                           "--steps", "2", "--target-lora-steps", "2", "--quiet"]),
+])
+def test_quiet_means_quiet(world, tmp_path, module, args):
+    """--quiet: no progress bars and no datasets split messages, with a datasets cache that must generate
+    the splits anew (so datasets would print them)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "datasets"))
+    extra = ["--out", str(tmp_path / "out")] + (["--tasks", world.default_task] if module.endswith("sweep") else [])
+    r = subprocess.run([sys.executable, "-m", module, *args, *extra], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    noise = [line for line in (r.stdout + r.stderr).replace("\r", "\n").splitlines()
+             if "Generating" in line or "examples/s" in line or "%|" in line or "it/s" in line]
+    assert noise == [], noise[:5]

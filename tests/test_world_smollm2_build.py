@@ -10,8 +10,6 @@ import os
 
 import pytest
 
-pytest.importorskip("gguf")
-
 from helpers import fake_sdist, fake_wheel, local_index, use_local_index, write_tiny_gguf  # noqa: E402
 
 ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
