@@ -161,11 +161,12 @@ def pad_rows(stack: ModuleStack, multiple: int = 1, rows: int | None = None) -> 
 
 def rank_bucket(rows: int) -> int:
     """The padded size of a stack of ``rows`` rank rows: ``rows`` up to 16, then the next multiple of
-    2^(⌊log2 rows⌋ − 2) — four sizes per octave, at most 25 % padding — so that the pools a sweep draws
-    (k of N adapters, ranks varying) fall into a few shape classes that share compiled programs."""
+    2^(⌊log2 rows⌋ − 1) — two sizes per octave (2^n, 1.5·2^n), at most 50 % padding — so that the pools a
+    sweep draws (k of N adapters, ranks varying) fall into a few shape classes that share compiled
+    programs (BUILD_NOTES: four per octave left 20 classes in the default world's Table 2 sweep, two 14)."""
     if rows <= 16:
         return rows
-    step = 1 << (int(rows).bit_length() - 3)
+    step = 1 << (int(rows).bit_length() - 2)
     return -(-rows // step) * step
 
 

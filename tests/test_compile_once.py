@@ -56,10 +56,11 @@ def test_pools_of_one_bucket_share_the_compiled_step_and_padding_changes_nothing
 
 def test_rank_buckets_are_few_and_padding_is_bounded():
     sizes = {rank_bucket(r) for r in range(600, 1400)}
-    assert len(sizes) <= 8  # the Σr of 30 of the real pool's LoRAs: a handful of compiled shapes
+    assert sizes == {768, 1024, 1536}  # the Σr of 30 of the real pool's LoRAs: a handful of compiled shapes
     for r in range(1, 5000):
         b = rank_bucket(r)
-        assert r <= b <= max(r, int(np.ceil(1.25 * r)))
+        assert r <= b <= max(r, int(np.ceil(1.5 * r)))
+        assert r <= 16 or b in {1 << n for n in range(4, 14)} | {3 << n for n in range(3, 13)}
 
 
 def test_bucketed_pool_keeps_its_ranks(setup):
