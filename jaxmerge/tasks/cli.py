@@ -18,9 +18,8 @@ def availability(task) -> str:
             return "yes (bigbench sdist in the cache)"
         return "after one fetch of the bigbench sdist from PyPI (358 MB)"
     if kind == "hub":
-        from huggingface_hub import constants
-        folder = os.path.join(constants.HF_HUB_CACHE, "datasets--" + where.replace("/", "--"))
-        if os.path.isdir(folder):
+        from .load import _hub_snapshot
+        if _hub_snapshot(where) is not None:  # the snapshot load_task reads offline
             return "yes (hub dataset in the cache)"
         return "no: " + task.offline_note if task.offline_note else "after a download from the hub"
     return "no: " + (task.offline_note or "no public source")
