@@ -107,7 +107,7 @@ def fig2(rows, path):
         ax.set_title(title)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -132,7 +132,7 @@ def fig3(rows, path):
     ax.set_ylabel("mean test accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -171,23 +171,36 @@ def fig4(rows, path):
         ax.set_title(("b) w/" if tl else "a) w/o") + " target-task LoRA")
     axes[0].set_ylabel("% of coefficients")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return True
 
 
+def _save(fig, path: str) -> None:
+    from jaxmerge.atomic import atomic_file
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+
+
+def check_one_pool(rows: list[dict]) -> None:
+    """Rows that record their pool's identity must all share it: a table never mixes pools."""
+    pools = {r["pool_identity"]["sha256"] for r in rows if r.get("pool_identity")}
+    if len(pools) > 1:
+        from jaxmerge.errors import UserError
+        worlds = sorted({r.get("world", "?") for r in rows})
+        raise UserError(f"results.jsonl mixes runs on {len(pools)} differently built pools (worlds {', '.join(worlds)}); "
+                        "render the runs of one build")
+
+
 def render(out: str, to: str, seeds=None) -> list[str]:
     """Write table2.md and fig2–4.png from ``OUT/results.jsonl`` (only ``seeds`` when given)."""
+    from jaxmerge.atomic import write_text
     rows = read(os.path.join(out, "results.jsonl"))
+    check_one_pool(rows)
     if seeds is not None:
         rows = [r for r in rows if r["spec"]["seed"] in set(seeds)]
     os.makedirs(to, exist_ok=True)
-    written = []
-    p = os.path.join(to, "table2.md")
-    with open(p + ".tmp", "w") as f:
-        f.write(table2(rows))
-    os.replace(p + ".tmp", p)
-    written.append(p)
+    written = [write_text(os.path.join(to, "table2.md"), table2(rows))]
     for name, fn in (("fig2.png", fig2), ("fig3.png", fig3), ("fig4.png", fig4)):
         if fn(rows, os.path.join(to, name)) is not False:
             written.append(os.path.join(to, name))

@@ -9,7 +9,10 @@ Every run uses one named budget (``experiments.budgets``; default ``cpu``) and t
 ``jaxmerge.adaptive.references`` (zero-shot and the target LoRA once per task and seed, the same entries
 ``experiments.adaptive`` uses). Each finished run appends a line to ``OUT/results.jsonl`` (the schema of
 ``experiments.sweep``); a restarted part skips what is there and resumes a half-finished run from its
-checkpoints, so the study may be run in pieces and across sessions.
+checkpoints, so the study may be run in pieces. Across machines, ``--resume-from`` (default: the
+committed ``experiments/results/smollm2-bigbench/results.jsonl``) seeds a new ``OUT`` with the runs
+already finished; every line records the world folder (its recipe hash) and the pool's identity, and
+``render`` refuses to mix runs on differently built pools.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from .sweep import TABLE2_METHODS, Spec, append_jsonl, done_keys, grid
 
 WORLD = "smollm2-bigbench"
+COMMITTED = os.path.join(os.path.dirname(__file__), "results", WORLD, "results.jsonl")
 FIG3_TASKS = ("unit_conversion_si_conversion", "sports_understanding")  # one with related pool LoRAs, one without
 FIG3_KS = (3, 5, 10, 20)
 SEEDS = (1, 2)
@@ -44,7 +48,8 @@ def part(name: str, tasks) -> list[Spec]:
     raise ValueError(f"part {name!r}: table2 | seeds | fig3")
 
 
-def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = True) -> None:
+def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = True,
+        resume_from: str | None = COMMITTED) -> None:
     import jaxmerge
     from jaxmerge.adaptive.methods import effective_k
     from jaxmerge.adaptive.references import reference
@@ -57,6 +62,9 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
     budget = resolve(budget_name, WORLD)
     os.makedirs(out, exist_ok=True)
     results = os.path.join(out, "results.jsonl")
+    if resume_from and os.path.exists(resume_from) and not os.path.exists(results):
+        import shutil
+        shutil.copyfile(resume_from, results)  # OUT is a scratch folder; the committed file stays as it is
     todo = [s for s in specs if s.key not in done_keys(results)]
     world = get_world(WORLD, progress=progress)
     base = jaxmerge.load_base(world.base_dir, dtype="float32")
@@ -85,8 +93,37 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
                                    "k": r.get("k"), "coefficients_path": r.get("coefficients_path"),
                                    "merged_names": r.get("merged_names"), "selected": r.get("selected"),
                                    "seconds": round(time.time() - t1, 1), "reference_seconds": round(t1 - t0, 1),
-                                   "run_seconds": r.get("seconds"), "out_dir": os.path.join(out, "runs", spec.key)})
+                                   "run_seconds": r.get("seconds"), "out_dir": os.path.join(out, "runs", spec.key),
+                                   "world": os.path.basename(world.root), "pool_identity": r["identity"]["pool"]})
             b.update(1)
+
+
+def paper_name(target: str) -> str:
+    """The paper's task for a world target (``tracking_shuffled_objects_three_objects`` is a subtask of
+    the paper's ``tracking_shuffled_objects``)."""
+    from jaxmerge.tasks.registry import PAPER
+    from .world_smollm2 import TARGETS
+    return target if target in PAPER["tasks"] else TARGETS[target].split("/")[0]
+
+
+def beside_paper(rows: list[dict]) -> str:
+    """Per target: zero-shot and target-task LoRA here (SmolLM2-135M, mean over seeds) and in the paper
+    (Llama-3.1-8B-Instruct, the authors' released per-task numbers), and Ours (w/o, w/ target LoRA)."""
+    import numpy as np
+    from jaxmerge.tasks.registry import PAPER
+    main = [r for r in rows if r["spec"]["k"] is None and not r["spec"]["random_pool"] and not r["spec"]["selection"]]
+    mean = lambda xs: f"{np.mean(xs):.3f}" if xs else "–"
+    lines = ["| Target | zero-shot here | zero-shot paper | target LoRA here | target LoRA paper | Ours here w/o / w/ |",
+             "|---|---|---|---|---|---|"]
+    for t in sorted({r["spec"]["task"] for r in main}):
+        sel = [r for r in main if r["spec"]["task"] == t]
+        p = PAPER["tasks"][paper_name(t)]
+        ours = [mean([r["test_accuracy"] for r in sel if r["spec"]["method"] == "ours" and r["spec"]["with_target_lora"] == tl])
+                for tl in (False, True)]
+        name = t if paper_name(t) == t else f"{t} (paper: {paper_name(t)})"
+        lines.append(f"| {name} | {mean([r['zero_shot_accuracy'] for r in sel])} | {sum(p['zero_shot'].values()) / len(p['zero_shot']):.3f} | "
+                     f"{mean([r['target_lora_accuracy'] for r in sel])} | {p['target_lora']:.3f} | {' / '.join(ours)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -98,23 +135,29 @@ def main(argv=None) -> int:
     r.add_argument("--budget", default="cpu")
     r.add_argument("--out", default="runs/smollm2-bigbench")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--resume-from", default=COMMITTED, help="finished runs to start a new OUT from (default: %(default)s)")
     d = sub.add_parser("render", help="table2.md and the figures from OUT/results.jsonl")
     d.add_argument("--out", default="runs/smollm2-bigbench")
     d.add_argument("--to", default="experiments/results/smollm2-bigbench")
     a = p.parse_args(argv)
     if a.cmd == "render":
-        import shutil
+        from jaxmerge.atomic import write_bytes, write_text
+        from jaxmerge.errors import cli_errors
         from .render import render
-        for path in render(a.out, a.to):
-            print(f"wrote {path}")
-        shutil.copyfile(os.path.join(a.out, "results.jsonl"), os.path.join(a.to, "results.jsonl"))
+        with cli_errors("python -m experiments.study_smollm2"):
+            for path in render(a.out, a.to):
+                print(f"wrote {path}")
+            from .render import read
+            print(f"wrote {write_text(os.path.join(a.to, 'paper.md'), beside_paper(read(os.path.join(a.out, 'results.jsonl'))))}")
+            with open(os.path.join(a.out, "results.jsonl"), "rb") as f:
+                print(f"wrote {write_bytes(os.path.join(a.to, 'results.jsonl'), f.read())}")
         return 0
     if a.quiet:
         from jaxmerge.progress import quiet_libraries
         quiet_libraries()
     from .world import world_kind
     tasks = a.tasks or list(world_kind(WORLD).targets)
-    run(part(a.part, tasks), a.out, a.budget, progress=not a.quiet)
+    run(part(a.part, tasks), a.out, a.budget, progress=not a.quiet, resume_from=a.resume_from)
     return 0
 
 

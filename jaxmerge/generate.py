@@ -2,8 +2,8 @@
 
 Prompts are left-padded ``[B, T]`` with ``attention_mask`` (as transformers expects for decoder-only
 generation). The cache is ``[L, B, T + N, G, K]`` for keys and for values; the prompt is prefilled in
-one pass, then each of the N steps feeds one token. Rows that produced an end token emit ``pad_id``
-afterwards, like transformers' ``generate``.
+one pass, then each step feeds one token, for at most N steps and until every row has produced an end
+token; rows that produced one emit ``pad_id`` afterwards, like transformers' ``generate``.
 
 Einsum letters as in ``jaxmerge.model``.
 """
@@ -42,17 +42,24 @@ def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, 
     nxt, caches = step(tokens, positions, caches, key_valid, 0)
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), tokens.dtype)
 
-    def body(carry, i):
-        tok, pos, caches, key_valid, done = carry
+    # A while loop, not a scan: decoding stops once every row has emitted an end token (as transformers'
+    # generate does), so a short answer costs its own length, not max_new_tokens steps.
+    def cond(carry):
+        i, _, _, _, _, done, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, tok, pos, caches, key_valid, done, out = carry
         tok = jnp.where(done, pad_id, tok)
         done = done | jnp.isin(tok, eos)
+        out = out.at[:, i].set(tok)
         key_valid = key_valid.at[:, t + i].set(True)
         nxt, caches = step(tok[:, None], pos[:, None], caches, key_valid, t + i)
-        return (nxt, pos + 1, caches, key_valid, done), tok
+        return i + 1, nxt, pos + 1, caches, key_valid, done, out
 
-    init = (nxt, positions[:, -1] + 1, caches, key_valid, jnp.zeros((b,), bool))
-    _, out = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
-    return out.T
+    out = jnp.full((b, max_new_tokens), pad_id, tokens.dtype)
+    init = (jnp.int32(0), nxt, positions[:, -1] + 1, caches, key_valid, jnp.zeros((b,), bool), out)
+    return jax.lax.while_loop(cond, body, init)[-1]
 
 
 def generate(params: Mapping, tokens: jax.Array, config: ModelConfig, *, max_new_tokens: int = 30,

@@ -89,3 +89,31 @@ def test_coefficient_shares_sum_to_one(tmp_path):
     np.savez(tmp_path / "c.npz", **{"coef/q_proj": rng.normal(size=(5, 3)), "coef/v_proj": rng.normal(size=(5, 3))})
     s = coefficient_shares(str(tmp_path / "c.npz"))
     assert s.shape == (5,) and abs(s.sum() - 1) < 1e-9
+
+
+def test_render_refuses_mixed_pools(tmp_path):
+    from experiments.render import render
+    from jaxmerge.errors import UserError
+    row = {"spec": {"method": "average", "task": "t", "with_target_lora": False, "seed": 0, "k": None,
+                    "selection": None, "random_pool": False, "key": "a"}, "test_accuracy": 0.5,
+           "zero_shot_accuracy": 0.1, "target_lora_accuracy": 0.6, "world": "w-1", "pool_identity": {"sha256": "x"}}
+    other = {**row, "spec": {**row["spec"], "key": "b", "with_target_lora": True}, "world": "w-2",
+             "pool_identity": {"sha256": "y"}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(UserError, match="2 differently built pools.*w-1, w-2"):
+        render(str(tmp_path), str(tmp_path / "to"))
+    assert not (tmp_path / "to").exists()
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**other, "pool_identity": {"sha256": "x"}}) + "\n")
+    assert any(p.endswith("table2.md") for p in render(str(tmp_path), str(tmp_path / "to")))
+
+
+def test_study_table_beside_the_paper():
+    from experiments.study_smollm2 import beside_paper
+    row = lambda t, m, tl, a: {"spec": {"task": t, "method": m, "with_target_lora": tl, "k": None, "random_pool": False,
+                                        "selection": None, "seed": 0},
+                               "test_accuracy": a, "zero_shot_accuracy": 0.25, "target_lora_accuracy": 0.5}
+    table = beside_paper([row("sports_understanding", "ours", False, 0.75),
+                          row("tracking_shuffled_objects_three_objects", "ours", True, 0.375)])
+    # the paper's Llama-3.1-8B numbers (jaxmerge/data/paper_tasks.json) beside this world's
+    assert "| sports_understanding | 0.250 | 0.733 | 0.500 | 0.566 | 0.750 / – |" in table
+    assert "(paper: tracking_shuffled_objects) | 0.250 | 0.224 | 0.500 | 0.184 | – / 0.375 |" in table
