@@ -6,7 +6,7 @@ its output exists.
     pool    LoRAs on other BIG-bench tasks, trained together in chunks (``world_train.train_loras``,
             answer-only LM head), each written in PEFT's format as soon as its chunk is done; a chunk
             whose definition (its specs in order, the training settings, the base, the encoded data)
-            another build of this world in the cache already trained is copied from there (training is
+            another build of this world in the cache (finished or interrupted) already trained is copied from there (training is
             deterministic, so these are the bytes a fresh build writes): a recipe change retrains only
             the chunks it changes
     broken  the default world's defective copies of the first adapter (``world_build.stage_broken``)
@@ -155,10 +155,13 @@ def chunk_key(chunk: list[dict], train: dict, rec: dict, data: list[dict]) -> st
 
 
 def _reuse(chunk: list[dict], key: str, root: str, pool: str) -> bool:
-    """Copy the chunk's adapters from another build of this world (same cache) that trained the same chunk."""
+    """Copy the chunk's adapters from another build of this world (same cache, finished or interrupted: each
+    adapter is published whole) that trained the same chunk."""
     import glob
     world = os.path.basename(os.path.abspath(root)).removeprefix(".partial-").rsplit("-", 1)[0]
-    for other in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(root)), f"{world}-*", "pool"))):
+    parent = os.path.dirname(os.path.abspath(root))
+    others = glob.glob(os.path.join(parent, f"{world}-*", "pool")) + glob.glob(os.path.join(parent, f".partial-{world}-*", "pool"))
+    for other in sorted(o for o in others if os.path.abspath(o) != os.path.abspath(pool)):  # finished or interrupted builds
         found = [os.path.join(other, s["name"]) for s in chunk]
         if all((read_json(os.path.join(f, "train_stats.json")) or {}).get("chunk") == key for f in found):
             for s, f in zip(chunk, found):

@@ -98,3 +98,25 @@ def test_a_recipe_change_retrains_only_the_chunks_it_changes(tiny_world, monkeyp
     same = [n for n in second.adapters if n in first.adapters and second.adapters[n] == first.adapters[n]]
     assert same and all(open(os.path.join(second.root, "pool", n, "adapter_model.safetensors"), "rb").read() ==
                         open(os.path.join(first.root, "pool", n, "adapter_model.safetensors"), "rb").read() for n in same)
+
+
+def test_an_interrupted_build_gives_its_chunks_to_the_next_recipe(tiny_world, monkeypatch):
+    from experiments import bigbench_pool, world_smollm2 as W
+    from experiments.world import get_world
+    real, calls = bigbench_pool.train_loras, []
+
+    def interrupted(*args, **kwargs):  # the build dies while training its second chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bigbench_pool, "train_loras", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        get_world("smollm2-bigbench", progress=False)
+    monkeypatch.setattr(bigbench_pool, "train_loras", real)
+    monkeypatch.setattr(W, "EXTRA", ("sports_family/sibling",))  # a new recipe (as a fix of a diverged LoRA is)
+    w = get_world("smollm2-bigbench", progress=False)
+    stats = json.loads(open(os.path.join(w.root, "world.json")).read())["stats"]
+    # the chunk the interrupted build finished is copied from its partial folder, the other one is trained
+    assert len(stats["pool_chunks_reused"]) == 1 and len(stats["pool_chunk_seconds"]) == 1
