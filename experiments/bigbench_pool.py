@@ -81,6 +81,15 @@ def pool_examples(spec: dict, n: int, seed: int) -> list[dict]:
     return [{"prompt": rows[i]["input"], "answer": rows[i]["target"]} for i in order]
 
 
+def encode_rows(examples: list[dict], tokenizer, max_len: int) -> dict[str, np.ndarray]:
+    """The training rows of one adapter, those longer than ``max_len`` tokens left out: encoded again
+    without them, so that ``answer_index`` stays inside the rows (slicing an encoding to ``max_len``
+    columns left its padding index past the end, and an out-of-range gather reads NaN)."""
+    from jaxmerge.tasks import encode
+    lengths = encode(examples, tokenizer, None)["attention_mask"].sum(1)
+    return encode([e for e, n in zip(examples, lengths) if n <= max_len], tokenizer, None)
+
+
 def _stack_ready(batches: list[dict]) -> list[dict]:
     """Pad every adapter's encoded rows to one length and one answer width (train_loras stacks them)."""
     T = max(b["tokens"].shape[1] for b in batches)
@@ -95,7 +104,6 @@ def _stack_ready(batches: list[dict]) -> list[dict]:
 
 def stage_pool(root: str, rec: dict, progress: bool) -> dict:
     import jaxmerge
-    from jaxmerge.tasks import encode
     pool, P = os.path.join(root, "pool"), rec["train"]
     specs = rec["pool"]["specs"]
     todo = [s for s in specs if not os.path.exists(os.path.join(pool, s["name"], "adapter_model.safetensors"))]
@@ -103,11 +111,7 @@ def stage_pool(root: str, rec: dict, progress: bool) -> dict:
         return {}
     base = jaxmerge.load_base(os.path.join(root, "base"), dtype="float32")
     tok, cfg = base.tokenizer, base.config
-    encoded = {}
-    for s in todo:
-        rows = encode(pool_examples(s, P["examples"], rec["seed"]), tok, None)
-        keep = rows["attention_mask"].sum(1) <= P["max_len"]  # rows too long for the budget are left out
-        encoded[s["name"]] = {k: v[keep][:, :P["max_len"]] if k != "answer_index" else v[keep] for k, v in rows.items()}
+    encoded = {s["name"]: encode_rows(pool_examples(s, P["examples"], rec["seed"]), tok, P["max_len"]) for s in todo}
     # chunks of similar rank and length (padding a rank-4 adapter to 64, or a short task to a long one, is waste)
     todo.sort(key=lambda s: (s["r"] > 16, int(encoded[s["name"]]["attention_mask"].sum(1).max())))
     chunks = [todo[i:i + P["chunk"]] for i in range(0, len(todo), P["chunk"])]

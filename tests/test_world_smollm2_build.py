@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 import pytest
 
 from helpers import fake_sdist, fake_wheel, local_index, use_local_index, write_tiny_gguf  # noqa: E402
@@ -120,3 +122,24 @@ def test_an_interrupted_build_gives_its_chunks_to_the_next_recipe(tiny_world, mo
     stats = json.loads(open(os.path.join(w.root, "world.json")).read())["stats"]
     # the chunk the interrupted build finished is copied from its partial folder, the other one is trained
     assert len(stats["pool_chunks_reused"]) == 1 and len(stats["pool_chunk_seconds"]) == 1
+
+
+def test_pool_rows_longer_than_the_budget_are_left_out_whole(tiny_world):
+    """Regression: slicing an encoding to max_len columns left answer_index past the rows → NaN loss."""
+    import jax.numpy as jnp
+    import jaxmerge
+    from experiments.bigbench_pool import encode_rows
+    from experiments.world import get_world
+    from jaxmerge.tasks import answer_loss, encode
+    w = get_world("smollm2-bigbench", progress=False)
+    base = jaxmerge.load_base(w.base_dir, dtype="float32")
+    rows = [{"prompt": "Decide.", "answer": "yes"}, {"prompt": "Decide " + "this and that " * 30, "answer": "no " * 8}]
+    lengths = encode(rows, base.tokenizer, None)["attention_mask"].sum(1)
+    budget = int(lengths[0]) + 2
+    d = encode_rows(rows, base.tokenizer, budget)
+    assert d["tokens"].shape[0] == 1 and int(d["answer_index"].max()) < d["tokens"].shape[1] <= budget + 8
+    loss = lambda b: float(answer_loss(base.params, base.config, {k: jnp.asarray(v) for k, v in b.items()}))
+    assert np.isfinite(loss(d))
+    both = encode(rows, base.tokenizer, None)  # the old way: keep row 0, slice the columns to the budget
+    sliced = {k: v[:1, :budget] if k != "answer_index" else v[:1] for k, v in both.items()}
+    assert np.isnan(loss(sliced))
