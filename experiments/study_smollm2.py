@@ -94,7 +94,7 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
                                    "merged_names": r.get("merged_names"), "selected": r.get("selected"),
                                    "seconds": round(time.time() - t1, 1), "reference_seconds": round(t1 - t0, 1),
                                    "run_seconds": r.get("seconds"), "out_dir": os.path.join(out, "runs", spec.key),
-                                   "world": os.path.basename(world.root), "pool_identity": r["identity"]["pool"]})
+                                   "world": os.path.basename(world.root), "pool_identity": {"sha256": r["identity"]["pool"]["sha256"]}})
             b.update(1)
 
 
