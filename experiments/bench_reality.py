@@ -46,15 +46,16 @@ def training_step(base, rows, repeats: int) -> dict:
     out = {"tokens": list(batch["tokens"].shape), "answer_positions": int(batch["answer_index"].shape[1])}
     results = {}
     for name, b in (("full_logits", {k: v for k, v in batch.items() if k != "answer_index"}), ("answer_only", batch)):
-        def loss(tr, b=b):
-            s, c = answer_loss_sums(base.params, base.config, b, lora_adapters(tr, spec.scale))
+        def loss(tr, params, b):  # weights and batch are arguments: closed over, XLA would fold them as constants
+            s, c = answer_loss_sums(params, base.config, b, lora_adapters(tr, spec.scale))
             return s / c
         step = jax.jit(jax.value_and_grad(loss))
-        compiled = step.lower(lora).compile()
+        compiled = step.lower(lora, base.params, b).compile()
         mem = compiled.memory_analysis()
-        value, grads = compiled(lora)
+        value, grads = compiled(lora, base.params, b)
         results[name] = (float(value), grads)
-        out[name] = {"temp_bytes": int(mem.temp_size_in_bytes), **_time(lambda: jax.block_until_ready(compiled(lora)), repeats)}
+        out[name] = {"temp_bytes": int(mem.temp_size_in_bytes),
+                     **_time(lambda: jax.block_until_ready(compiled(lora, base.params, b)), repeats)}
     out["loss_difference"] = abs(results["full_logits"][0] - results["answer_only"][0])
     out["grad_max_difference"] = max(float(jnp.abs(x - y).max()) for x, y in
                                      zip(jax.tree.leaves(results["full_logits"][1]), jax.tree.leaves(results["answer_only"][1])))

@@ -122,6 +122,8 @@ def fig3(rows, path):
     for (selection, rnd), label, color in ((("evaluation", False), "evaluation", "C0"), (("random", False), "random", "C1"),
                                            (("random", True), "random re-init", "C2")):
         for tl, style in ((False, ":"), (True, "-")):
+            if rnd and not tl:
+                continue  # re-initialised pools are run with the target-task LoRA only (as in the paper)
             pts = sorted({r["spec"]["k"] for r in sel})
             ys = [_mean_over_tasks([r for r in sel if r["spec"]["k"] == k and r["spec"]["selection"] == selection
                                     and r["spec"]["random_pool"] == rnd and r["spec"]["with_target_lora"] == tl])

@@ -117,3 +117,13 @@ def test_study_table_beside_the_paper():
     # the paper's Llama-3.1-8B numbers (jaxmerge/data/paper_tasks.json) beside this world's
     assert "| sports_understanding | 0.250 | 0.733 | 0.500 | 0.566 | 0.750 / – |" in table
     assert "(paper: tracking_shuffled_objects) | 0.250 | 0.224 | 0.500 | 0.184 | – / 0.375 |" in table
+
+
+def test_study_fig3_reinitialises_pools_only_beside_the_target_lora():
+    from experiments.study_smollm2 import FIG3_KS, part
+    specs = part("fig3", ["sports_understanding", "hyperbaton"])  # hyperbaton is not a fig3 task
+    assert {s.task for s in specs} == {"sports_understanding"}
+    assert len({s.key for s in specs}) == len(specs) == 5 * len(FIG3_KS)
+    assert all(s.with_target_lora for s in specs if s.random_pool)
+    assert {(s.selection, s.with_target_lora) for s in specs if not s.random_pool} == \
+        {("evaluation", False), ("evaluation", True), ("random", False), ("random", True)}
