@@ -18,6 +18,14 @@ def world():
     return make_world()
 
 
+def test_auto_application_folds_when_tokens_outnumber_the_weights(world):
+    _, _, _, pool, _ = world
+    assert multi_eval.choose_application(pool, None, tokens_per_adapter=4, adapters_per_batch=4) == "grouped"
+    assert multi_eval.choose_application(pool, None, tokens_per_adapter=100_000, adapters_per_batch=4) == "dense"
+    plan = multi_eval.gather_plan(pool, [2], multi_eval._pool_ranks(pool))  # a fixed shape: every module
+    assert set(plan) == set(pool.modules) and plan["up_proj"]["valid"].sum() == 0
+
+
 def test_gather_plan_pads_to_power_of_two(world):
     _, _, _, pool, _ = world
     plan = multi_eval.gather_plan(pool, [0, 2, 6])  # ranks 2, 1 (no MLP), 4
@@ -29,28 +37,31 @@ def test_gather_plan_pads_to_power_of_two(world):
     assert multi_eval.gather_plan(pool, [2, 2])["q_proj"]["rows"].shape == (2, 1)
 
 
-def test_batched_losses_equal_one_at_a_time(world):
+@pytest.mark.parametrize("application", ["grouped", "dense"])
+def test_batched_losses_equal_one_at_a_time(world, application):
     tok, config, params, pool, examples = world
     batch = encode(examples, tok, None)
     one = multi_eval.pool_losses_one_at_a_time(params, config, pool, batch)
     got = multi_eval.pool_losses(params, config, pool, batch, adapters_per_batch=3, examples_per_step=2,
-                                 progress=False)
+                                 application=application, progress=False)
     np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-5)
     assert np.ptp(got) > 0.1  # the adapters really differ
     # the zero adapter is the base model; a subset keeps the caller's order
     np.testing.assert_allclose(got[4], float(answer_loss(params, config, batch)), rtol=1e-5)
-    sub = multi_eval.pool_losses(params, config, pool, batch, indices=[5, 1], adapters_per_batch=3, progress=False)
+    sub = multi_eval.pool_losses(params, config, pool, batch, indices=[5, 1], adapters_per_batch=3,
+                                 application=application, progress=False)
     np.testing.assert_allclose(sub, one[[5, 1]], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(multi_eval.score_pool(params, config, pool, examples, tok, score="loss",
                                                      adapters_per_batch=3, examples_per_step=2, progress=False),
                                -one, rtol=1e-5)
 
 
-def test_batched_generation_equals_one_at_a_time(world):
+@pytest.mark.parametrize("application", ["grouped", "dense"])
+def test_batched_generation_equals_one_at_a_time(world, application):
     tok, config, params, pool, examples = world
     idx = [5, 2, 0, 3]  # ranks 2, 1 (no MLP: padded rows and a missing module in one batch), 2, 2
     got = multi_eval.pool_answers(params, config, tok, pool, examples, indices=idx, adapters_per_batch=4,
-                                  examples_per_step=3, max_new_tokens=4, progress=False)
+                                  examples_per_step=3, max_new_tokens=4, application=application, progress=False)
     want = [generate_answers(params, config, tok, examples, adapters=multi_eval.single_adapter(pool, i),
                              batch_size=8, max_new_tokens=4) for i in idx]
     assert got == want
@@ -58,7 +69,7 @@ def test_batched_generation_equals_one_at_a_time(world):
     # gold answers = adapter 0's generations on some examples → non-trivial accuracies
     gold = [dict(e, answer=(got[2][j] if j % 2 == 0 else e["answer"])) for j, e in enumerate(examples)]
     acc = multi_eval.score_pool(params, config, pool, gold, tok, indices=idx, adapters_per_batch=4,
-                                examples_per_step=3, max_new_tokens=4, progress=False)
+                                examples_per_step=3, max_new_tokens=4, application=application, progress=False)
     ref = [generate_correct(params, config, tok, gold, adapters=multi_eval.single_adapter(pool, i), batch_size=8,
                             max_new_tokens=4).mean() for i in idx]
     np.testing.assert_array_equal(acc, ref)

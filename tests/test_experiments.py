@@ -127,3 +127,20 @@ def test_study_fig3_reinitialises_pools_only_beside_the_target_lora():
     assert all(s.with_target_lora for s in specs if s.random_pool)
     assert {(s.selection, s.with_target_lora) for s in specs if not s.random_pool} == \
         {("evaluation", False), ("evaluation", True), ("random", False), ("random", True)}
+    # with the budget's k, the evaluation-selected point is Table 2's Ours run, under Table 2's key
+    from experiments.sweep import Spec
+    shared = part("fig3", ["sports_understanding"], k=10)
+    assert len({s.key for s in shared}) == len(shared) == 5 * len(FIG3_KS)
+    assert {Spec("ours", "sports_understanding", tl, 0) for tl in (False, True)} <= set(shared)
+    assert not [s for s in shared if s.k == 10 and s.selection == "evaluation"]
+
+
+def test_fig3_reads_table2_ours_as_its_own_k_point_on_fig3_tasks_only():
+    from experiments.render import fig3_rows
+    row = lambda task, k, sel, acc, rk=None: {"spec": {"method": "ours", "task": task, "with_target_lora": False,
+                                                       "seed": 0, "k": k, "selection": sel, "random_pool": False},
+                                              "k": rk or k, "test_accuracy": acc}
+    rows = [row("a", 5, "evaluation", 0.1), row("a", None, None, 0.2, rk=10), row("b", None, None, 0.3, rk=10)]
+    got = fig3_rows(rows)
+    assert sorted((r["spec"]["task"], r["spec"]["k"], r["spec"]["selection"], r["test_accuracy"]) for r in got) == \
+        [("a", 5, "evaluation", 0.1), ("a", 10, "evaluation", 0.2)]

@@ -13,6 +13,12 @@ batch is crossed with ``examples_per_step`` examples per forward: rows j·E + e 
 and the forward's grouped ``Factored`` application gives each group of E rows its adapter without
 copying the factors per example.
 
+When every adapter sees many tokens (the target's 100 examples), the factored path's FLOPs grow with
+the padded rank at every token, while folding one adapter into W costs out·in·R once: ``application=
+"dense"`` scores the adapters one at a time on the folded weights (``fold_adapter``; rank rows padded to
+the pool's largest per module, so one compiled program serves every adapter), and ``"auto"`` (the
+default) takes whichever path ``choose_application`` counts fewer multiply-adds for.
+
 Two scores, both equal to one-adapter-at-a-time evaluation (tests):
 * ``pool_losses``: mean answer-token cross-entropy per adapter over all given rows (token mean, the
   training loss), from ``jaxmerge.tasks.encode(..., with_answer=True)`` batches;
@@ -34,6 +40,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..generate import generate
 from ..lora import Factored
+from ..models.schema import module_path
 from ..progress import track
 from ..stacks import Pool
 from ..tasks.encode import answer_logprobs, encode, pad_id, token_logprobs
@@ -45,16 +52,18 @@ def _round_rank(r: int) -> int:
     return 1 << max(0, int(r - 1).bit_length())
 
 
-def gather_plan(pool: Pool, indices: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
+def gather_plan(pool: Pool, indices: Sequence[int], rank: Mapping[str, int] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Host-side index plan of a batch: per module ``rows [B, R]`` (int32 stack rows), ``valid [B, R]``
-    (1 on the adapter's real rows) and ``idx [B]``. Modules no adapter of the batch targets are left out."""
+    (1 on the adapter's real rows) and ``idx [B]``. R: the batch's largest rank rounded up to a power of
+    two, or ``rank[m]`` for every module given there (a fixed shape; modules the batch does not target
+    then have all-zero ``valid``); other modules no adapter of the batch targets are left out."""
     idx = np.asarray(indices, np.int64)
     plan = {}
     for m, st in pool.modules.items():
         ranks = np.asarray(st.ranks)[idx]
-        if ranks.max(initial=0) == 0:
+        if (rank is None or m not in rank) and ranks.max(initial=0) == 0:
             continue
-        R = _round_rank(int(ranks.max()))
+        R = int(rank[m]) if rank is not None and m in rank else _round_rank(int(ranks.max()))
         col = np.arange(R)[None, :]
         rows = np.clip(st.offsets[idx][:, None] + np.minimum(col, np.maximum(ranks[:, None] - 1, 0)),
                        0, st.a.shape[1] - 1)
@@ -83,6 +92,52 @@ def gather_batched(stacks: Mapping[str, tuple], plan: Mapping[str, Mapping]) -> 
 
 def _stack_arrays(pool: Pool) -> dict[str, tuple]:
     return {m: (s.a, s.b, s.scale) for m, s in pool.modules.items()}
+
+
+# --- or one adapter at a time, folded into the base's weights ----------------------------------------
+def fold_adapter(params: Mapping, stacks: Mapping[str, tuple], plan: Mapping[str, Mapping]) -> dict:
+    """``params`` with W + s·B·A of the one adapter in ``plan`` (B = 1) in every planned module; pure, jittable.
+    Einsum letters: l layers, o out, r rank rows, d in."""
+    out = jax.tree.map(lambda x: x, params)  # new containers, same leaves
+    for m, f in gather_batched(stacks, plan).items():
+        *parents, leaf = module_path(m)
+        node = out
+        for key in parents:
+            node[key] = dict(node[key])
+            node = node[key]
+        w = node[leaf]
+        delta = jnp.einsum("lor,lr,lrd->lod", f.b[0], f.m[0], f.a[0])
+        node[leaf] = (w.astype(jnp.float32) + delta.astype(jnp.float32)).astype(w.dtype)
+    return out
+
+
+def _pool_ranks(pool: Pool) -> dict[str, int]:
+    """Every module's largest rank in the pool, rounded up: one fold shape for all adapters (one compile)."""
+    return {m: _round_rank(max(1, int(np.max(s.ranks)))) for m, s in pool.modules.items()}
+
+
+def choose_application(pool: Pool, indices, tokens_per_adapter: int, adapters_per_batch: int) -> str:
+    """``"dense"`` (fold each adapter into W, then the base forward) when its multiply-adds are fewer than
+    the grouped factored path's (every token through rank-padded factors), else ``"grouped"``."""
+    ranks = _pool_ranks(pool)
+    grouped = dense = 0
+    for part, padded in _batches(pool, indices, adapters_per_batch):
+        for m, st in pool.modules.items():
+            L, _, d = st.a.shape
+            o = st.b.shape[1]
+            r = np.asarray(st.ranks)[padded]
+            if r.max(initial=0):
+                grouped += len(padded) * tokens_per_adapter * L * _round_rank(int(r.max())) * (o + d)
+            dense += len(part) * L * o * d * (ranks[m] + 1)
+    return "dense" if dense < grouped else "grouped"
+
+
+def _applications(pool, indices, tokens, adapters_per_batch, application):
+    if application == "auto":
+        return choose_application(pool, indices, tokens, adapters_per_batch)
+    if application not in ("grouped", "dense"):
+        raise ValueError(f"application {application!r}: expected 'auto', 'grouped' or 'dense'")
+    return application
 
 
 def _batches(pool: Pool, indices: Sequence[int] | None, adapters_per_batch: int):
@@ -128,20 +183,41 @@ def _batch_nll_sums(params, stacks, plan, rows, config, n_adapters):
     return acc
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def _dense_nll_sum(params, stacks, plan, rows, config):
+    """Summed answer-token NLL of the one adapter in ``plan``, folded into W; ``rows`` ``[chunks, E_c, T]``."""
+    folded = fold_adapter(params, stacks, plan)
+
+    def chunk(acc, xs):
+        lp, w = answer_logprobs(folded, config, xs)
+        return acc - (lp * w).sum(), None
+
+    return jax.lax.scan(chunk, jnp.zeros((), jnp.float32), rows)[0]
+
+
 def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping[str, np.ndarray], *,
                 indices: Sequence[int] | None = None, adapters_per_batch: int = 8, examples_per_step: int = 4,
-                progress: bool = True) -> np.ndarray:
+                application: str = "auto", progress: bool = True) -> np.ndarray:
     """Mean answer-token loss ``[n]`` (float64) of each adapter in ``indices`` (default: all) applied
     alone (Σ s_i B_i A_i) on ``batch`` (``tokens``, ``attention_mask``, ``loss_mask`` ``[E, T]``, the
     next-token convention of ``jaxmerge.tasks.encode``; with its ``answer_index`` the LM head runs at the answer
-    positions only). Lower is better."""
+    positions only). Lower is better. ``application``: ``grouped`` (``adapters_per_batch`` adapters ×
+    ``examples_per_step`` examples a forward), ``dense`` (one adapter folded into W, the same number of
+    rows a forward) or ``auto`` (the one with fewer multiply-adds, ``choose_application``)."""
     count = float(np.asarray(batch["loss_mask"]).sum())
     if count == 0:
         raise ValueError("batch has no answer tokens (loss_mask is all zero)")
-    ex = _pad_examples(batch, min(examples_per_step, batch["tokens"].shape[0]))
     stacks = _stack_arrays(pool)
     idx = np.arange(pool.num_adapters) if indices is None else np.asarray(indices, np.int64)
+    n_ex = batch["tokens"].shape[0]
+    how = _applications(pool, idx, int(np.asarray(batch["attention_mask"]).sum()), adapters_per_batch, application)
     out = {}
+    if how == "dense":
+        ex, ranks = _pad_examples(batch, min(adapters_per_batch * examples_per_step, n_ex)), _pool_ranks(pool)
+        for i in track(idx.tolist(), desc="score pool (loss, folded)", unit="adapter", enabled=progress):
+            out[i] = float(_dense_nll_sum(params, stacks, gather_plan(pool, [i], ranks), ex, config)) / count
+        return np.array([out[int(i)] for i in idx])
+    ex = _pad_examples(batch, min(examples_per_step, n_ex))
     batches = list(_batches(pool, idx, adapters_per_batch))
     for real, padded in track(batches, desc="score pool (loss)", unit="batch", enabled=progress):
         sums = _batch_nll_sums(params, stacks, gather_plan(pool, padded), ex, config, len(padded))
@@ -164,20 +240,34 @@ def _decode(tokenizer, row: np.ndarray, ends: tuple[int, ...]) -> str:
 
 
 _gather_jit = jax.jit(gather_batched)
+_fold_jit = jax.jit(fold_adapter)
 
 
 def pool_answers(params: Mapping, config: LlamaConfig, tokenizer, pool: Pool, examples: Sequence[Mapping], *,
                  indices: Sequence[int] | None = None, adapters_per_batch: int = 8, examples_per_step: int = 16,
-                 max_new_tokens: int = 30, system: str | None = None, progress: bool = True) -> list[list[str]]:
+                 max_new_tokens: int = 30, system: str | None = None, application: str = "auto",
+                 progress: bool = True) -> list[list[str]]:
     """Greedy answers ``[n][E]`` (decoded, cut at the first end token, special tokens removed) of each
-    adapter alone on ``examples``' prompts (chat template, left-padded)."""
+    adapter alone on ``examples``' prompts (chat template, left-padded); ``application`` as in
+    ``pool_losses`` (each prompt and generated token counted once per adapter)."""
     enc = encode(examples, tokenizer, None, with_answer=False, system=system)
-    e_c = min(examples_per_step, len(examples))
-    ex = _pad_examples(dict(enc, loss_mask=np.zeros_like(enc["tokens"])), e_c)
     ends, pad = _end_ids(config, tokenizer), pad_id(tokenizer)
     stacks = _stack_arrays(pool)
     idx = np.arange(pool.num_adapters) if indices is None else np.asarray(indices, np.int64)
+    tokens = int(enc["attention_mask"].sum()) + len(examples) * max_new_tokens
     out = {}
+    if _applications(pool, idx, tokens, adapters_per_batch, application) == "dense":
+        e_c = min(adapters_per_batch * examples_per_step, len(examples))
+        ex, ranks = _pad_examples(dict(enc, loss_mask=np.zeros_like(enc["tokens"])), e_c), _pool_ranks(pool)
+        for i in track(idx.tolist(), desc="score pool (generate, folded)", unit="adapter", enabled=progress):
+            folded = _fold_jit(params, stacks, gather_plan(pool, [i], ranks))
+            gen = np.concatenate([np.asarray(generate(folded, tok, config, max_new_tokens=max_new_tokens, attention_mask=am,
+                                                      eos_token_id=ends, pad_token_id=pad))
+                                  for tok, am in zip(ex["tokens"], ex["attention_mask"])])[:len(examples)]
+            out[i] = [_decode(tokenizer, g, ends) for g in gen]
+        return [out[int(i)] for i in idx]
+    e_c = min(examples_per_step, len(examples))
+    ex = _pad_examples(dict(enc, loss_mask=np.zeros_like(enc["tokens"])), e_c)
     batches = list(_batches(pool, idx, adapters_per_batch))
     for real, padded in track(batches, desc="score pool (generate)", unit="batch", enabled=progress):
         adapters = _gather_jit(stacks, gather_plan(pool, padded))
@@ -237,67 +327,3 @@ def pool_losses_one_at_a_time(params: Mapping, config: LlamaConfig, pool: Pool, 
     count = float(np.asarray(batch["loss_mask"]).sum())
     return np.array([float(_nll_sum(params, single_adapter(pool, int(i)), batch["tokens"], batch["attention_mask"],
                                     batch["loss_mask"], config)) / count for i in idx])
-
-
-# --- measurement: python -m jaxmerge.adaptive.multi_eval -----------------------------------------------
-def _measure(n_adapters: int = 44, n_examples: int = 80, seq: int = 32, seed: int = 0) -> dict:
-    """Loss scoring and greedy generation (8 new tokens) over a random pool, batched (8 adapters a batch) vs
-    one adapter at a time, cold (with compilation) and warm.
-    Shapes of the embedded default world: hidden 64, 4 layers, 4 heads / 2 kv, ffn 128, its pool's
-    rank cycle (16, 8, 64, 32, 4) on all seven projections."""
-    import time
-
-    from ..config import MODULES, RopeConfig
-    from ..shapes import AdapterShape, random_pool
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope=RopeConfig(500000.0))
-    rng = np.random.default_rng(seed)
-    from ..params import abstract_params
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, l: jnp.ones(l.shape, jnp.float32) if "norm" in jax.tree_util.keystr(p)
-        else jnp.asarray(rng.normal(0, 0.05, l.shape), jnp.float32), abstract_params(config, jnp.float32))
-    shapes = [AdapterShape((16, 8, 64, 32, 4)[i % 5], 16.0, MODULES) for i in range(n_adapters)]
-    pool = random_pool(config, shapes, jax.random.key(seed))
-    tokens = rng.integers(3, 256, (n_examples, seq)).astype(np.int32)
-    loss_mask = np.zeros_like(tokens)
-    loss_mask[:, seq // 2:-1] = 1
-    batch = dict(tokens=tokens, attention_mask=np.ones_like(tokens), loss_mask=loss_mask)
-    prompts = np.concatenate([np.ones((n_examples, 1), np.int32), tokens[:, :seq // 2]], axis=1)
-    ones = np.ones_like(prompts)
-
-    def generate_one_at_a_time():
-        return [np.asarray(generate(params, prompts, config, max_new_tokens=8, attention_mask=ones,
-                                    adapters=single_adapter(pool, i), eos_token_id=2, pad_token_id=0))
-                for i in range(n_adapters)]
-
-    def generate_batched():
-        stacks, out = _stack_arrays(pool), []
-        for real, padded in _batches(pool, None, 8):
-            ad = _gather_jit(stacks, gather_plan(pool, padded))
-            g = generate(params, np.tile(prompts, (8, 1)), config, max_new_tokens=8, attention_mask=np.tile(ones, (8, 1)),
-                         adapters=ad, eos_token_id=2, pad_token_id=0)
-            out += list(zip(real.tolist(), np.asarray(g).reshape(8, n_examples, -1)))
-        return [g for _, g in sorted(out, key=lambda t: t[0])]
-
-    out = {}
-    runs = (("loss_batched", lambda: pool_losses(params, config, pool, batch, progress=False)),
-            ("loss_one_at_a_time", lambda: pool_losses_one_at_a_time(params, config, pool, batch)),
-            ("generate_batched", generate_batched), ("generate_one_at_a_time", generate_one_at_a_time))
-    res = {}
-    for name, fn in runs:
-        for phase in ("cold", "warm"):
-            t = time.perf_counter()
-            res[name] = fn()
-            out[f"{name}_{phase}_s"] = round(time.perf_counter() - t, 3)
-    out["loss_max_abs_diff"] = float(np.max(np.abs(res["loss_batched"] - res["loss_one_at_a_time"])))
-    out["generations_equal"] = all(np.array_equal(a, b) for a, b in zip(res["generate_batched"],
-                                                                         res["generate_one_at_a_time"]))
-    for kind in ("loss", "generate"):
-        for phase in ("cold", "warm"):
-            out[f"{kind}_speedup_{phase}"] = round(out[f"{kind}_one_at_a_time_{phase}_s"] / out[f"{kind}_batched_{phase}_s"], 2)
-    return out
-
-
-if __name__ == "__main__":
-    import json
-    print(json.dumps(_measure(), indent=1))

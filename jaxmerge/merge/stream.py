@@ -114,7 +114,8 @@ def stream_merge(base: str, sources: Sequence, out: str, *, method: str = "avera
     by source (a mapping; skipped adapters' weights are dropped) or in order; ``dtype``: of the written
     tensors (default: each tensor's dtype in the base for ``model``, float32 for ``peft``);
     ``seed``: the key of methods that draw masks; ``on_window(first_layer, stage)``: called when a window's
-    tensors are written (``"written"``) and when they are recorded durably (``"recorded"``)."""
+    tensors are queued for writing (``"written"``) and, on the writer thread, when they are recorded durably
+    (``"recorded"``)."""
     t0 = time.perf_counter()
     m, p = check_request(method, fmt, rank, weights, params)
     if os.path.lexists(out) and not replace:
@@ -193,9 +194,7 @@ def stream_merge(base: str, sources: Sequence, out: str, *, method: str = "avera
             del pool
             if on_window:
                 on_window(l0, "written")
-            writer.checkpoint()
-            if on_window:
-                on_window(l0, "recorded")
+            writer.checkpoint(on_durable=(lambda l0=l0: on_window(l0, "recorded")) if on_window else None)
             pbar.update(n)
     resumed = writer.resumed
     writer.finish()

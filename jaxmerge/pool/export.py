@@ -140,6 +140,8 @@ class StreamWriter:
         self._open = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream-writer")
         self._pending: list = []
+        self._pending_ckpt: list = []  # checkpoints queued on the writer thread
+        self._closed = {name for name, _ in plan.shards if os.path.exists(self._path(name, True))}
         self._slots = threading.BoundedSemaphore(2)  # at most two tensors waiting to be written
 
     def _path(self, name: str, final: bool) -> str:
@@ -192,31 +194,51 @@ class StreamWriter:
         finally:
             self._slots.release()
 
-    def _drain(self) -> None:
+    def checkpoint(self, on_durable=None) -> None:
+        """Make what was written durable, record it, and close (rename) every completed shard — on the
+        writer thread, after the writes queued so far, so that the disk flush of one window overlaps the
+        computation of the next. ``on_durable()`` runs there once the window is recorded (tests kill
+        the process from it); a failed write or flush raises at the next ``checkpoint`` or ``finish``."""
         pending, self._pending = self._pending, []
-        for key, fut in pending:
-            fut.result()  # a failed write raises here
-            self.done.add(key)
+        done = self.done | {k for k, _ in pending}
+        complete = [name for name, keys in self.plan.shards
+                    if name not in self._closed and all(k in done for k in keys)]
+        for name in complete:  # (a shard recorded complete by a killed run may still be unrenamed and unopened)
+            self._fd(name)
+        flush = dict(self._open)
+        for name in complete:
+            del self._open[name]  # the caller never writes a complete shard again
+            self._closed.add(name)
+        self._pending_ckpt.append(self._pool.submit(self._record, pending, done, flush, complete, on_durable))
+        ready, self._pending_ckpt = [f for f in self._pending_ckpt if f.done()], [f for f in self._pending_ckpt if not f.done()]
+        for f in ready:
+            f.result()
+        self.done = done
 
-    def checkpoint(self) -> None:
-        """Make what was written durable, record it, and close (rename) every completed shard."""
-        self._drain()
-        for fd in self._open.values():
+    def _record(self, pending, done, flush, complete, on_durable) -> None:
+        for _, fut in pending:
+            fut.result()  # FIFO on one thread: every queued write has finished; a failed one raises here
+        for fd in flush.values():
             os.fsync(fd)
-        write_json(os.path.join(self.folder, "progress.json"), {"done": sorted(self.done)})
-        for name, fd in list(self._open.items()):
-            if all(k in self.done for k in dict(self.plan.shards)[name]):
-                os.close(fd)
-                del self._open[name]
-                os.replace(self._path(name, False), self._path(name, True))
+        write_json(os.path.join(self.folder, "progress.json"), {"done": sorted(done)})
+        for name in complete:
+            os.close(flush[name])
+            os.replace(self._path(name, False), self._path(name, True))
+        if on_durable is not None:
+            on_durable()
+
+    def _wait(self) -> None:
+        pending, self._pending_ckpt = self._pending_ckpt, []
+        for f in pending:
+            f.result()
 
     def finish(self) -> None:
         """Every tensor written: close the last shards and write the index (when sharded)."""
-        self._drain()
+        self.checkpoint()
+        self._wait()
         missing = [k for k, _, _ in self.plan.entries if k not in self.done]
         if missing:
             raise RuntimeError(f"StreamWriter.finish: {len(missing)} tensors never written, e.g. {missing[0]}")
-        self.checkpoint()
         if len(self.plan.shards) > 1:
             total = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for _, d, s in self.plan.entries)
             write_json(os.path.join(self.folder, INDEX), {"metadata": {"total_size": total},
