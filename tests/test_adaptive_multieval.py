@@ -20,8 +20,8 @@ def world():
 
 def test_auto_application_folds_when_tokens_outnumber_the_weights(world):
     _, _, _, pool, _ = world
-    assert multi_eval.choose_application(pool, None, tokens_per_adapter=4, adapters_per_batch=4) == "grouped"
-    assert multi_eval.choose_application(pool, None, tokens_per_adapter=100_000, adapters_per_batch=4) == "dense"
+    assert multi_eval.scoring_application(pool, None, tokens_per_adapter=4, adapters_per_batch=4) == "grouped"
+    assert multi_eval.scoring_application(pool, None, tokens_per_adapter=100_000, adapters_per_batch=4) == "dense"
     plan = multi_eval.gather_plan(pool, [2], multi_eval._pool_ranks(pool))  # a fixed shape: every module
     assert set(plan) == set(pool.modules) and plan["up_proj"]["valid"].sum() == 0
 

@@ -17,7 +17,7 @@ When every adapter sees many tokens (the target's 100 examples), the factored pa
 the padded rank at every token, while folding one adapter into W costs out·in·R once: ``application=
 "dense"`` scores the adapters one at a time on the folded weights (``fold_adapter``; rank rows padded to
 the pool's largest per module, so one compiled program serves every adapter), and ``"auto"`` (the
-default) takes whichever path ``choose_application`` counts fewer multiply-adds for.
+default) takes whichever path ``scoring_application`` counts fewer multiply-adds for.
 
 Two scores, both equal to one-adapter-at-a-time evaluation (tests):
 * ``pool_losses``: mean answer-token cross-entropy per adapter over all given rows (token mean, the
@@ -96,8 +96,7 @@ def _stack_arrays(pool: Pool) -> dict[str, tuple]:
 
 # --- or one adapter at a time, folded into the base's weights ----------------------------------------
 def fold_adapter(params: Mapping, stacks: Mapping[str, tuple], plan: Mapping[str, Mapping]) -> dict:
-    """``params`` with W + s·B·A of the one adapter in ``plan`` (B = 1) in every planned module; pure, jittable.
-    Einsum letters: l layers, o out, r rank rows, d in."""
+    """``params`` with W + s·B·A of the one adapter in ``plan`` (B = 1) in every planned module; pure, jittable."""
     out = jax.tree.map(lambda x: x, params)  # new containers, same leaves
     for m, f in gather_batched(stacks, plan).items():
         *parents, leaf = module_path(m)
@@ -106,7 +105,7 @@ def fold_adapter(params: Mapping, stacks: Mapping[str, tuple], plan: Mapping[str
             node[key] = dict(node[key])
             node = node[key]
         w = node[leaf]
-        delta = jnp.einsum("lor,lr,lrd->lod", f.b[0], f.m[0], f.a[0])
+        delta = Factored(f.a[0], f.b[0], f.m[0]).dense()
         node[leaf] = (w.astype(jnp.float32) + delta.astype(jnp.float32)).astype(w.dtype)
     return out
 
@@ -116,7 +115,7 @@ def _pool_ranks(pool: Pool) -> dict[str, int]:
     return {m: _round_rank(max(1, int(np.max(s.ranks)))) for m, s in pool.modules.items()}
 
 
-def choose_application(pool: Pool, indices, tokens_per_adapter: int, adapters_per_batch: int) -> str:
+def scoring_application(pool: Pool, indices, tokens_per_adapter: int, adapters_per_batch: int) -> str:
     """``"dense"`` (fold each adapter into W, then the base forward) when its multiply-adds are fewer than
     the grouped factored path's (every token through rank-padded factors), else ``"grouped"``."""
     ranks = _pool_ranks(pool)
@@ -134,7 +133,7 @@ def choose_application(pool: Pool, indices, tokens_per_adapter: int, adapters_pe
 
 def _applications(pool, indices, tokens, adapters_per_batch, application):
     if application == "auto":
-        return choose_application(pool, indices, tokens, adapters_per_batch)
+        return scoring_application(pool, indices, tokens, adapters_per_batch)
     if application not in ("grouped", "dense"):
         raise ValueError(f"application {application!r}: expected 'auto', 'grouped' or 'dense'")
     return application
@@ -203,7 +202,7 @@ def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping
     next-token convention of ``jaxmerge.tasks.encode``; with its ``answer_index`` the LM head runs at the answer
     positions only). Lower is better. ``application``: ``grouped`` (``adapters_per_batch`` adapters ×
     ``examples_per_step`` examples a forward), ``dense`` (one adapter folded into W, the same number of
-    rows a forward) or ``auto`` (the one with fewer multiply-adds, ``choose_application``)."""
+    rows a forward) or ``auto`` (the one with fewer multiply-adds, ``scoring_application``)."""
     count = float(np.asarray(batch["loss_mask"]).sum())
     if count == 0:
         raise ValueError("batch has no answer tokens (loss_mask is all zero)")
