@@ -62,6 +62,12 @@ Delta = Union[Dense, Factored]
 Adapters = Mapping[str, Union[Delta, tuple]]
 
 
+def fold_into(w: jax.Array, delta: jax.Array, dtype=None) -> jax.Array:
+    """W + ΔW summed in float32 and rounded once to ``dtype`` (default W's): the one fold rule of every
+    folded export and of pool scoring's folded adapters."""
+    return (w.astype(jnp.float32) + delta.astype(jnp.float32)).astype(w.dtype if dtype is None else dtype)
+
+
 def as_tuple(entry) -> tuple:
     return entry if isinstance(entry, tuple) else (entry,)
 

@@ -192,6 +192,24 @@ def hidden_states(params: Mapping, tokens: jax.Array, config: ModelConfig, *, ad
     return h
 
 
+def empty_caches(config: ModelConfig, batch: int, length: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """Zero key and value caches ``[L, batch, length, G, K]`` for ``extend``."""
+    shape = (config.num_hidden_layers, batch, length, config.num_key_value_heads, config.head_dim)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def extend(params: Mapping, tokens: jax.Array, positions: jax.Array, caches: tuple, key_valid: jax.Array,
+           index, config: ModelConfig, adapters: Adapters | None = None) -> tuple[jax.Array, tuple]:
+    """Run ``tokens [B, T]`` (at rope ``positions [B, T]``) as cache entries ``index .. index+T-1``: their keys
+    and values are written into ``caches`` and each attends to the valid (``key_valid [B, S]``) cache keys up
+    to its own entry. Returns final-normed hidden states ``[B, T, D]`` and the updated caches."""
+    check_params(params, config)
+    x = params["embed_tokens"][tokens]
+    cos, sin = rope_cos_sin(positions, config, x.dtype)
+    masks = attention_masks(index + jnp.arange(tokens.shape[1]), key_valid, config)
+    return _decoder(params, x, cos, sin, masks, config, adapters, False, caches, index)
+
+
 def lm_head(params: Mapping, h: jax.Array) -> jax.Array:
     """Logits (float32) ``[..., V]`` from hidden states ``[..., D]``; tied embeddings when no lm_head."""
     w = params.get("lm_head", params["embed_tokens"])

@@ -136,3 +136,33 @@ def test_batched_evaluation_on_an_8_device_mesh():
     assert r["specs"]["down_proj"] == [[None, None, "tensor"], [None, "data", None]], r
     assert r["loss_max_diff"] < 1e-5 and r["loss_ptp"] > 0.1, r
     assert r["answers_equal"] and r["distinct_answers"] > 1, r
+
+
+def test_shared_prefix_split_and_folded_scores_equal_one_at_a_time(world):
+    """Rows sharing a task prefix: ``split_prefix`` finds it (chat template's <|bos|> <|user|> + 4 words), prefix +
+    suffix rebuild every row, and the folded scores that run it once per adapter equal full-row evaluation."""
+    from jaxmerge.tasks.encode import split_prefix
+    tok, config, params, pool, examples = world
+    task = [dict(e, prompt="alpha beta gamma delta " + e["prompt"]) for e in examples]
+    for left, batch in ((False, encode(task, tok, None)), (True, encode(task, tok, None, with_answer=False))):
+        prefix, rows = split_prefix(batch, left=left)
+        assert len(prefix) == 6, len(prefix)
+        assert rows["tokens"].shape[1] % 8 == 0 and rows["tokens"].shape[1] < batch["tokens"].shape[1]
+        for i in range(len(task)):
+            full = batch["tokens"][i][batch["attention_mask"][i] == 1]
+            rest = rows["tokens"][i][rows["attention_mask"][i] == 1]
+            np.testing.assert_array_equal(np.concatenate([prefix, rest]), full)
+            if not left:  # the scored positions move with their tokens
+                np.testing.assert_array_equal(np.flatnonzero(rows["loss_mask"][i]) + 6,
+                                              np.flatnonzero(batch["loss_mask"][i]))
+    batch = encode(task, tok, None)
+    one = multi_eval.pool_losses_one_at_a_time(params, config, pool, batch)
+    got = multi_eval.pool_losses(params, config, pool, batch, adapters_per_batch=3, examples_per_step=2,
+                                 application="dense", progress=False)
+    np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-5)
+    idx = [5, 2, 0]
+    got = multi_eval.pool_answers(params, config, tok, pool, task, indices=idx, adapters_per_batch=4,
+                                  examples_per_step=3, max_new_tokens=4, application="dense", progress=False)
+    want = [generate_answers(params, config, tok, task, adapters=multi_eval.single_adapter(pool, i),
+                             batch_size=8, max_new_tokens=4) for i in idx]
+    assert got == want and len({tuple(r) for r in got}) == 3

@@ -159,3 +159,36 @@ def test_peak_memory_of_a_streamed_merge_does_not_grow_with_layers(tmp_path):
         assert mib[f"{method}_stream16"] <= 32, mib
         assert mib[f"{method}_stream16"] - mib[f"{method}_stream2"] <= 8, mib
         assert mib[f"{method}_memory16"] >= 200, mib
+
+
+def test_a_shard_recorded_complete_but_not_renamed_is_renamed_on_resume(tmp_path):
+    """A kill between recording a window (progress.json) and renaming its completed shard leaves the shard
+    under its partial name with every key recorded done: the resumed writer renames it, and the output has
+    every tensor with its bytes."""
+    from jaxmerge.pool.export import Plan, StreamWriter
+    rng = np.random.default_rng(0)
+    arrays = {f"t{i}": rng.normal(size=(8, 16)).astype(np.float32) for i in range(4)}
+    plan = Plan.make([(k, np.float32, a.shape) for k, a in arrays.items()], shard_bytes=2 * 8 * 16 * 4)
+    assert len(plan.shards) == 2
+    first, second = plan.shards
+    w = StreamWriter(str(tmp_path), plan, {"job": 1})
+    for k in first[1]:
+        w.write(k, arrays[k])
+    w.checkpoint()
+    w._wait()
+    final = tmp_path / first[0]
+    assert final.exists()
+    os.replace(final, tmp_path / f".{first[0]}.partial")  # as if killed after the record, before the rename
+    w._pool.shutdown()
+    w = StreamWriter(str(tmp_path), plan, {"job": 1})
+    assert w.resumed and all(w.is_done(k) for k in first[1])
+    for k in second[1]:
+        w.write(k, arrays[k])
+    w.finish()
+    got = {}
+    for name, _ in plan.shards:
+        got.update(load_file(str(tmp_path / name)))
+    assert sorted(got) == sorted(arrays)
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(got[k], a)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".partial")]

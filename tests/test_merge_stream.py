@@ -19,6 +19,7 @@ import jaxmerge
 from helpers import hf_llama, write_adapter
 from jaxmerge.lora import Dense
 from jaxmerge.merge import merge_pool, registry
+from jaxmerge.merge.static import factored_window, method_and_params
 from jaxmerge.merge.stream import stream_merge
 from jaxmerge.pool import load_pool
 from jaxmerge.pool.export import export_model, export_peft
@@ -60,6 +61,13 @@ def _in_memory(root, ads, method, out, params, seed=0, fmt="model", weights=None
     pool, _ = load_pool([str(a) for a in ads], base.config, progress=False)
     deltas = merge_pool(pool, method, weights=weights, key=jax.random.key(seed), **params)
     if fmt == "model":
+        m, p = method_and_params(method, **params)
+        if m.factored is not None:  # exactly low-rank: folded from its factors, as the stream folds it
+            w = registry.resolve_weights(method, pool.num_adapters, pool.num_layers, weights)
+            factored = {mod: factored_window(s, m, p, w) for mod, s in pool.modules.items()}
+            for mod, f in factored.items():  # the factored form is the merge
+                np.testing.assert_allclose(f.dense(), deltas[mod], rtol=0, atol=1e-6)
+            deltas = factored
         return export_model(base, deltas, str(out))
     return export_peft(deltas, base.config, str(out), rank=3)
 

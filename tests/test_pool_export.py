@@ -135,3 +135,22 @@ def test_peft_export_with_own_alpha_round_trips_and_checks_multipliers(merged, t
         export_peft(adapters, base.config, str(tmp_path / "bad"), rank=2, lora_alpha=8.0)
     with pytest.raises(ValueError, match="Factored"):
         export_peft({m: a.dense() for m, a in adapters.items()}, base.config, str(tmp_path / "bad"), lora_alpha=8.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float32])
+def test_fold_product_equals_torch_fold_of_the_product(dtype):
+    """W + b·a in row blocks (the streamed linear merge's fold) against torch: the product in float64, the sum
+    rounded once to the output dtype; rows not a multiple of the block, so the last block is partial."""
+    from jaxmerge.pool.export import fold_product
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.02, (600, 96)).astype(dtype)
+    b, a = rng.normal(0, 1e-2, (600, 12)).astype(np.float32), rng.normal(0, 1e-2, (12, 96)).astype(np.float32)
+    got = fold_product(w, b, a, dtype, rows=256)
+    assert got.dtype == np.dtype(dtype) and got.shape == w.shape
+    tw = torch.from_numpy(np.asarray(w, np.float32)).double()
+    want = (tw + torch.from_numpy(b).double() @ torch.from_numpy(a).double()).float()
+    want = want.to(torch.bfloat16).float() if dtype == jnp.bfloat16 else want
+    err = np.abs(np.asarray(got, np.float32) - want.numpy())
+    # float32: the product's rounding only; bf16: at most one bf16 step of the result (a tie may round apart)
+    bound = 1e-7 if dtype == np.float32 else np.abs(want.numpy()) * 2 ** -8 + 1e-30
+    assert (err <= bound).all(), err.max()

@@ -17,7 +17,9 @@ When every adapter sees many tokens (the target's 100 examples), the factored pa
 the padded rank at every token, while folding one adapter into W costs out·in·R once: ``application=
 "dense"`` scores the adapters one at a time on the folded weights (``fold_adapter``; rank rows padded to
 the pool's largest per module, so one compiled program serves every adapter), and ``"auto"`` (the
-default) takes whichever path ``scoring_application`` counts fewer multiply-adds for.
+default) takes whichever path ``scoring_application`` counts fewer multiply-adds for. The folded path
+runs the tokens every row starts with (``split_prefix``) once per adapter and shares their KV cache, and
+fills its chunks of rows evenly (``_even_chunk``).
 
 Two scores, both equal to one-adapter-at-a-time evaluation (tests):
 * ``pool_losses``: mean answer-token cross-entropy per adapter over all given rows (token mean, the
@@ -39,11 +41,12 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..generate import generate
-from ..lora import Factored
+from ..lora import Factored, fold_into
+from ..model import empty_caches, extend
 from ..models.schema import module_path
 from ..progress import track
 from ..stacks import Pool
-from ..tasks.encode import answer_logprobs, encode, pad_id, token_logprobs
+from ..tasks.encode import answer_logprobs, encode, logprobs_at, pad_id, split_prefix, token_logprobs
 from ..tasks.spec import normalize
 
 
@@ -106,7 +109,7 @@ def fold_adapter(params: Mapping, stacks: Mapping[str, tuple], plan: Mapping[str
             node = node[key]
         w = node[leaf]
         delta = Factored(f.a[0], f.b[0], f.m[0]).dense()
-        node[leaf] = (w.astype(jnp.float32) + delta.astype(jnp.float32)).astype(w.dtype)
+        node[leaf] = fold_into(w, delta)
     return out
 
 
@@ -149,6 +152,13 @@ def _batches(pool: Pool, indices: Sequence[int] | None, adapters_per_batch: int)
         yield part, np.concatenate([part, np.repeat(part[-1:], adapters_per_batch - len(part))])
 
 
+def _even_chunk(n: int, most: int) -> int:
+    """Rows a chunk so that ``n`` rows fill chunks of at most ``most`` evenly (100 rows, ≤ 32: 4 × 25, not
+    4 × 32 with 28 rows of padding)."""
+    chunks = -(-n // max(1, min(most, n)))
+    return -(-n // chunks)
+
+
 def _pad_examples(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
     """Pad rows to a multiple (copies of row 0 with an all-zero loss mask) and reshape to
     ``[chunks, multiple, T]`` (``answer_index`` ``[chunks, multiple, A]`` when the batch has it)."""
@@ -183,12 +193,25 @@ def _batch_nll_sums(params, stacks, plan, rows, config, n_adapters):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _dense_nll_sum(params, stacks, plan, rows, config):
-    """Summed answer-token NLL of the one adapter in ``plan``, folded into W; ``rows`` ``[chunks, E_c, T]``."""
+def _dense_nll_sum(params, stacks, plan, rows, config, prefix=None):
+    """Summed answer-token NLL of the one adapter in ``plan``, folded into W; ``rows`` ``[chunks, E_c, T]``,
+    after the shared ``prefix [P]`` when given (``split_prefix``: run once, its cache copied to each chunk)."""
     folded = fold_adapter(params, stacks, plan)
+    if prefix is not None:
+        p, t = prefix.shape[0], rows["tokens"].shape[-1]
+        _, one = extend(folded, prefix[None], jnp.arange(p)[None],
+                        empty_caches(config, 1, p + t, folded["embed_tokens"].dtype), jnp.ones((1, p + t), bool), 0,
+                        config)
 
     def chunk(acc, xs):
-        lp, w = answer_logprobs(folded, config, xs)
+        if prefix is None:
+            lp, w = answer_logprobs(folded, config, xs)
+        else:
+            e = xs["tokens"].shape[0]
+            valid = jnp.concatenate([jnp.ones((e, p), bool), xs["attention_mask"].astype(bool)], axis=1)
+            h, _ = extend(folded, xs["tokens"], p + jnp.broadcast_to(jnp.arange(t), (e, t)),
+                          tuple(jnp.repeat(c, e, axis=1) for c in one), valid, p, config)
+            lp, w = logprobs_at(folded, h, xs["tokens"], xs["answer_index"], xs["loss_mask"])
         return acc - (lp * w).sum(), None
 
     return jax.lax.scan(chunk, jnp.zeros((), jnp.float32), rows)[0]
@@ -212,9 +235,11 @@ def pool_losses(params: Mapping, config: LlamaConfig, pool: Pool, batch: Mapping
     how = _applications(pool, idx, int(np.asarray(batch["attention_mask"]).sum()), adapters_per_batch, application)
     out = {}
     if how == "dense":
-        ex, ranks = _pad_examples(batch, min(adapters_per_batch * examples_per_step, n_ex)), _pool_ranks(pool)
+        prefix, rows = split_prefix(batch) if "answer_index" in batch else (np.zeros(0, np.int32), batch)
+        ex, ranks = _pad_examples(rows, _even_chunk(n_ex, adapters_per_batch * examples_per_step)), _pool_ranks(pool)
+        prefix = jnp.asarray(prefix) if len(prefix) else None
         for i in track(idx.tolist(), desc="score pool (loss, folded)", unit="adapter", enabled=progress):
-            out[i] = float(_dense_nll_sum(params, stacks, gather_plan(pool, [i], ranks), ex, config)) / count
+            out[i] = float(_dense_nll_sum(params, stacks, gather_plan(pool, [i], ranks), ex, config, prefix)) / count
         return np.array([out[int(i)] for i in idx])
     ex = _pad_examples(batch, min(examples_per_step, n_ex))
     batches = list(_batches(pool, idx, adapters_per_batch))
@@ -256,12 +281,13 @@ def pool_answers(params: Mapping, config: LlamaConfig, tokenizer, pool: Pool, ex
     tokens = int(enc["attention_mask"].sum()) + len(examples) * max_new_tokens
     out = {}
     if _applications(pool, idx, tokens, adapters_per_batch, application) == "dense":
-        e_c = min(adapters_per_batch * examples_per_step, len(examples))
-        ex, ranks = _pad_examples(dict(enc, loss_mask=np.zeros_like(enc["tokens"])), e_c), _pool_ranks(pool)
+        e_c = _even_chunk(len(examples), adapters_per_batch * examples_per_step)
+        prefix, rows = split_prefix(enc, left=True)
+        ex, ranks = _pad_examples(dict(rows, loss_mask=np.zeros_like(rows["tokens"])), e_c), _pool_ranks(pool)
         for i in track(idx.tolist(), desc="score pool (generate, folded)", unit="adapter", enabled=progress):
             folded = _fold_jit(params, stacks, gather_plan(pool, [i], ranks))
             gen = np.concatenate([np.asarray(generate(folded, tok, config, max_new_tokens=max_new_tokens, attention_mask=am,
-                                                      eos_token_id=ends, pad_token_id=pad))
+                                                      eos_token_id=ends, pad_token_id=pad, prefix=prefix))
                                   for tok, am in zip(ex["tokens"], ex["attention_mask"])])[:len(examples)]
             out[i] = [_decode(tokenizer, g, ends) for g in gen]
         return [out[int(i)] for i in idx]

@@ -37,8 +37,8 @@ from ..config import MODULES, ModelConfig
 from ..errors import UserError
 from ..hf_write import SHARD_BYTES
 from ..params import abstract_params, hf_key, resolve
-from ..pool.export import (INDEX, Checkpoint, Plan, StreamWriter, copy_side_files, fold, pad_rank, peft_factors,
-                           peft_plan, weight_key, write_peft_config)
+from ..pool.export import (INDEX, Checkpoint, Plan, StreamWriter, copy_side_files, layer_folds, pad_rank,
+                           peft_factors, peft_plan, weight_key, write_peft_config)
 from ..pool.filters import FilterPolicy
 from ..pool.load import build_pool, inspect_sources
 from ..pool.peft_write import lora_key
@@ -177,12 +177,14 @@ def stream_merge(base: str, sources: Sequence, out: str, *, method: str = "avera
             pool = first if l0 == 0 else build_pool(infos, config, layers=range(l0, l0 + n))
             wl = w[:, l0:l0 + n]
             for mod, stack in pool.modules.items():
-                if fmt == "model":
-                    delta = merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise)
+                if fmt == "model":  # an exactly low-rank merge is folded from its factors, never dense
+                    f = factored_window(stack, m, p, wl)
+                    fold_layer = layer_folds(f if f is not None else
+                                             merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise))
                     for j in range(n):
                         k = weight_key(mod, l0 + j)
                         if not writer.is_done(k):
-                            writer.write(k, fold(ckpt[k], delta[j], plan_dtype[k]))
+                            writer.write(k, fold_layer(j, ckpt[k], plan_dtype[k]))
                 else:
                     f = factored_window(stack, m, p, wl)
                     d = f if f is not None else merge_window(stack, mod, m, p, wl, l0, key=key, noise=noise)

@@ -151,6 +151,37 @@ def encode(examples: Sequence[Mapping], tokenizer, max_len: int | None, *, with_
     return _pack(rows, spans, max_len, pad_id(tokenizer), left=not with_answer)
 
 
+def split_prefix(batch: Mapping[str, np.ndarray], *, left: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(``prefix [P]``, the rows after it): P = the most leading tokens every row shares (the chat template's
+    system turn, a task prefix), computed once per model instead of once per row. Every row keeps ≥ 1 token
+    and every scored position stays in the suffix. ``left``: rows left-padded (generation prompts), else
+    right-padded; the suffix rows are padded the same way to a multiple of 8, with ``loss_mask`` and
+    ``answer_index`` (when the batch has them) re-derived at suffix positions (position t of a row ↔ t − P)."""
+    tokens, attn = np.asarray(batch["tokens"]), np.asarray(batch["attention_mask"]).astype(bool)
+    n, T = tokens.shape
+    lens = attn.sum(1)
+    first = T - lens if left else np.zeros(n, np.int64)
+    width = int(lens.min()) - 1
+    if "loss_mask" in batch and np.asarray(batch["loss_mask"]).any():
+        loss = np.asarray(batch["loss_mask"])
+        width = min(width, min(int(np.flatnonzero(r)[0]) - f for r, f in zip(loss, first) if r.any()))
+    real = np.stack([tokens[i, first[i]:first[i] + max(width, 0)] for i in range(n)])
+    P = int(np.argmin(np.append((real == real[:1]).all(0), False)))
+    Ts = min(_round(int(lens.max()) - P), T - P)
+    cols = np.arange(Ts)
+    keep = (cols[None] >= Ts - (lens - P)[:, None]) if left else (cols[None] < (lens - P)[:, None])
+    src = (T - Ts + cols)[None] if left else np.minimum(P + cols, T - 1)[None].repeat(n, 0)
+    src = np.broadcast_to(src, (n, Ts))
+    pad = tokens[~attn][0] if (~attn).any() else tokens[0, -1]
+    out = {"tokens": np.where(keep, np.take_along_axis(tokens, src, 1), pad).astype(np.int32),
+           "attention_mask": keep.astype(np.int32)}
+    if "loss_mask" in batch:
+        out["loss_mask"] = np.where(keep, np.take_along_axis(np.asarray(batch["loss_mask"]), src, 1), 0).astype(np.int32)
+        if "answer_index" in batch:
+            out["answer_index"] = answer_index(out["loss_mask"])
+    return tokens[0, first[0]:first[0] + P].astype(np.int32), out
+
+
 def concat_batches(*batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of several encoded batches in one: tokens etc. right-padded to the longest T, answer
     indices padded with position 0 (never an answer position). Keys must agree."""
@@ -208,12 +239,18 @@ def answer_logprobs(params, config, batch: Mapping[str, jax.Array], adapters=Non
     tokens, mask = batch["tokens"], batch["loss_mask"].astype(jnp.float32)
     if "answer_index" not in batch:
         return token_logprobs(params, config, tokens, batch["attention_mask"], adapters, remat), mask
-    idx = jnp.asarray(batch["answer_index"], jnp.int32)
     h = hidden_states(params, tokens, config, adapters=adapters, attention_mask=batch["attention_mask"], remat=remat)
+    return logprobs_at(params, h, tokens, batch["answer_index"], mask)
+
+
+def logprobs_at(params, h: jax.Array, tokens: jax.Array, answer_index: jax.Array, loss_mask: jax.Array):
+    """``answer_logprobs`` from the final hidden states ``h [n, T, D]`` of ``tokens [n, T]``: the LM head at
+    ``answer_index [n, A]`` only → (log p of each next token ``[n, A]``, its ``loss_mask`` weight ``[n, A]``)."""
+    idx = jnp.asarray(answer_index, jnp.int32)
     logits = lm_head(params, jnp.take_along_axis(h, idx[..., None], axis=1))                 # [n, A, V] float32
     nxt = jnp.take_along_axis(tokens, jnp.minimum(idx + 1, tokens.shape[1] - 1), axis=1).astype(jnp.int32)
     picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.take_along_axis(mask, idx, axis=1)
+    return picked - jax.nn.logsumexp(logits, axis=-1), jnp.take_along_axis(loss_mask.astype(jnp.float32), idx, axis=1)
 
 
 def answer_loss(params, config, batch: Mapping[str, jax.Array], adapters=None, remat: bool = False) -> jax.Array:
