@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from .config import ModelConfig
 from .lora import Adapters, as_tuple
-from .model import default_positions, empty_caches, extend, lm_head
+from .model import default_positions, empty_caches, extend, lm_head, prefix_caches
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_ids", "pad_id"))
@@ -31,9 +31,7 @@ def _generate(params, tokens, attention_mask, adapters, config, max_new_tokens, 
     dtype = params["embed_tokens"].dtype
     key_valid = jnp.zeros((b, total), bool).at[:, p:p + t].set(attention_mask.astype(bool))
     if p:  # the shared prefix once, its cache entries copied to every row
-        _, one = extend(params, prefix[None], jnp.arange(p)[None], empty_caches(config, 1, total, dtype),
-                        jnp.ones((1, total), bool), 0, config, adapters)
-        caches = tuple(jnp.repeat(c, b, axis=1) for c in one)
+        caches = prefix_caches(params, prefix, b, total, config, adapters)
         key_valid = key_valid.at[:, :p].set(True)
     else:
         caches = empty_caches(config, b, total, dtype)

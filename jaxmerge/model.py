@@ -210,6 +210,17 @@ def extend(params: Mapping, tokens: jax.Array, positions: jax.Array, caches: tup
     return _decoder(params, x, cos, sin, masks, config, adapters, False, caches, index)
 
 
+def prefix_caches(params: Mapping, prefix: jax.Array, rows: int, length: int, config: ModelConfig,
+                  adapters: Adapters | None = None) -> tuple[jax.Array, jax.Array]:
+    """Caches ``[L, rows, length, G, K]`` holding the shared ``prefix [P]`` at entries 0 .. P-1: the prefix
+    runs once (``adapters`` common to all rows) and its keys and values are copied to every row."""
+    p = prefix.shape[0]
+    _, one = extend(params, prefix[None], jnp.arange(p)[None],
+                    empty_caches(config, 1, length, params["embed_tokens"].dtype), jnp.ones((1, length), bool), 0,
+                    config, adapters)
+    return tuple(jnp.repeat(c, rows, axis=1) for c in one)
+
+
 def lm_head(params: Mapping, h: jax.Array) -> jax.Array:
     """Logits (float32) ``[..., V]`` from hidden states ``[..., D]``; tied embeddings when no lm_head."""
     w = params.get("lm_head", params["embed_tokens"])

@@ -42,7 +42,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..generate import generate
 from ..lora import Factored, fold_into
-from ..model import empty_caches, extend
+from ..model import extend, prefix_caches
 from ..models.schema import module_path
 from ..progress import track
 from ..stacks import Pool
@@ -198,19 +198,16 @@ def _dense_nll_sum(params, stacks, plan, rows, config, prefix=None):
     after the shared ``prefix [P]`` when given (``split_prefix``: run once, its cache copied to each chunk)."""
     folded = fold_adapter(params, stacks, plan)
     if prefix is not None:
-        p, t = prefix.shape[0], rows["tokens"].shape[-1]
-        _, one = extend(folded, prefix[None], jnp.arange(p)[None],
-                        empty_caches(config, 1, p + t, folded["embed_tokens"].dtype), jnp.ones((1, p + t), bool), 0,
-                        config)
+        (e, t), p = rows["tokens"].shape[1:], prefix.shape[0]
+        caches = prefix_caches(folded, prefix, e, p + t, config)  # once per adapter, shared by every chunk
+        positions = p + jnp.broadcast_to(jnp.arange(t), (e, t))
 
     def chunk(acc, xs):
         if prefix is None:
             lp, w = answer_logprobs(folded, config, xs)
         else:
-            e = xs["tokens"].shape[0]
             valid = jnp.concatenate([jnp.ones((e, p), bool), xs["attention_mask"].astype(bool)], axis=1)
-            h, _ = extend(folded, xs["tokens"], p + jnp.broadcast_to(jnp.arange(t), (e, t)),
-                          tuple(jnp.repeat(c, e, axis=1) for c in one), valid, p, config)
+            h, _ = extend(folded, xs["tokens"], positions, caches, valid, p, config)
             lp, w = logprobs_at(folded, h, xs["tokens"], xs["answer_index"], xs["loss_mask"])
         return acc - (lp * w).sum(), None
 

@@ -170,8 +170,7 @@ def split_prefix(batch: Mapping[str, np.ndarray], *, left: bool = False) -> tupl
     Ts = min(_round(int(lens.max()) - P), T - P)
     cols = np.arange(Ts)
     keep = (cols[None] >= Ts - (lens - P)[:, None]) if left else (cols[None] < (lens - P)[:, None])
-    src = (T - Ts + cols)[None] if left else np.minimum(P + cols, T - 1)[None].repeat(n, 0)
-    src = np.broadcast_to(src, (n, Ts))
+    src = np.broadcast_to((T - Ts + cols) if left else np.minimum(P + cols, T - 1), (n, Ts))
     pad = tokens[~attn][0] if (~attn).any() else tokens[0, -1]
     out = {"tokens": np.where(keep, np.take_along_axis(tokens, src, 1), pad).astype(np.int32),
            "attention_mask": keep.astype(np.int32)}
