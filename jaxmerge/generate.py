@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import ModelConfig
-from .lora import Adapters, as_tuple
+from .lora import Adapters, grouped
 from .model import default_positions, empty_caches, extend, lm_head, prefix_caches
 
 
@@ -84,8 +84,7 @@ def generate(params: Mapping, tokens: jax.Array, config: ModelConfig, *, max_new
         eos_ids = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else (int(eos_token_id),)
     if pad_token_id is None:
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    if prefix is not None and adapters is not None and any(
-            getattr(d, "batched", False) for e in adapters.values() for d in as_tuple(e)):
+    if prefix is not None and grouped(adapters):
         raise ValueError("generate: a shared prefix needs adapters common to all rows, not grouped per row")
     prefix = None if prefix is None or len(prefix) == 0 else jnp.asarray(prefix, jnp.int32)
     return _generate(params, tokens, jnp.asarray(attention_mask), adapters, config, int(max_new_tokens),

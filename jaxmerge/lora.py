@@ -68,8 +68,30 @@ def fold_into(w: jax.Array, delta: jax.Array, dtype=None) -> jax.Array:
     return (w.astype(jnp.float32) + delta.astype(jnp.float32)).astype(w.dtype if dtype is None else dtype)
 
 
+def fold_adapters(params: Mapping, adapters: "Adapters") -> dict:
+    """``params`` with every adapted projection replaced by W + ΣΔW (``fold_into``; factored deltas through
+    ``Factored.dense``): the merged model itself, for evaluations that run many tokens through one fixed
+    merge. Pure and jittable; the containers on the modules' paths are new, every other leaf is shared."""
+    from .models.schema import module_path
+    out = dict(params)
+    for m, entry in adapters.items():
+        *parents, leaf = module_path(m)
+        node = out
+        for key in parents:
+            node[key] = dict(node[key])
+            node = node[key]
+        deltas = [d.delta if isinstance(d, Dense) else d.dense() for d in as_tuple(entry)]
+        node[leaf] = fold_into(node[leaf], sum(deltas[1:], deltas[0]))
+    return out
+
+
 def as_tuple(entry) -> tuple:
     return entry if isinstance(entry, tuple) else (entry,)
+
+
+def grouped(adapters: Adapters | None) -> bool:
+    """Whether any delta has a group axis (one adapter per group of rows): those rows share no prefix cache."""
+    return bool(adapters) and any(getattr(d, "batched", False) for e in adapters.values() for d in as_tuple(e))
 
 
 def layer_major(adapters: Adapters | None) -> dict:

@@ -199,7 +199,7 @@ def empty_caches(config: ModelConfig, batch: int, length: int, dtype) -> tuple[j
 
 
 def extend(params: Mapping, tokens: jax.Array, positions: jax.Array, caches: tuple, key_valid: jax.Array,
-           index, config: ModelConfig, adapters: Adapters | None = None) -> tuple[jax.Array, tuple]:
+           index, config: ModelConfig, adapters: Adapters | None = None, remat: bool = False) -> tuple[jax.Array, tuple]:
     """Run ``tokens [B, T]`` (at rope ``positions [B, T]``) as cache entries ``index .. index+T-1``: their keys
     and values are written into ``caches`` and each attends to the valid (``key_valid [B, S]``) cache keys up
     to its own entry. Returns final-normed hidden states ``[B, T, D]`` and the updated caches."""
@@ -207,7 +207,7 @@ def extend(params: Mapping, tokens: jax.Array, positions: jax.Array, caches: tup
     x = params["embed_tokens"][tokens]
     cos, sin = rope_cos_sin(positions, config, x.dtype)
     masks = attention_masks(index + jnp.arange(tokens.shape[1]), key_valid, config)
-    return _decoder(params, x, cos, sin, masks, config, adapters, False, caches, index)
+    return _decoder(params, x, cos, sin, masks, config, adapters, remat, caches, index)
 
 
 def prefix_caches(params: Mapping, prefix: jax.Array, rows: int, length: int, config: ModelConfig,
@@ -219,6 +219,25 @@ def prefix_caches(params: Mapping, prefix: jax.Array, rows: int, length: int, co
                     empty_caches(config, 1, length, params["embed_tokens"].dtype), jnp.ones((1, length), bool), 0,
                     config, adapters)
     return tuple(jnp.repeat(c, rows, axis=1) for c in one)
+
+
+def suffix_hidden_states(params: Mapping, prefix: jax.Array, tokens: jax.Array, config: ModelConfig, *,
+                         adapters: Adapters | None = None, attention_mask: jax.Array | None = None,
+                         remat: bool = False) -> jax.Array:
+    """Final normed hidden states ``[B, T, D]`` of right-padded rows ``tokens [B, T]`` that all follow the shared
+    ``prefix [P]`` (``jaxmerge.tasks.encode.split_prefix``): the prefix runs once, its keys and values are
+    copied to every row (``prefix_caches``), the rows run at positions P… after it. Equal to ``hidden_states``
+    of the full rows at their suffix positions up to rounding; differentiable (the prefix's gradient sums over
+    the rows)."""
+    B, T = tokens.shape
+    P = prefix.shape[0]
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    caches = prefix_caches(params, prefix, B, P + T, config, adapters)
+    valid = jnp.concatenate([jnp.ones((B, P), bool), attention_mask.astype(bool)], axis=1)
+    h, _ = extend(params, tokens, P + default_positions(tokens, attention_mask), caches, valid, P, config,
+                  adapters, remat)
+    return h
 
 
 def lm_head(params: Mapping, h: jax.Array) -> jax.Array:

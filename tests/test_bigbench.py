@@ -1,6 +1,6 @@
 """BIG-bench task.json parsing (hand-checked renderings of target_scores and target tasks with task /
 input / output / choice prefixes, subtask unions), the answer-only LM-head loss against the full-logits
-loss (1e-6), shared-prompt choice scoring against one row per choice (1e-5), and prediction rows.
+loss (1e-6), the shared-prefix loss (value and gradients) against full rows (1e-6), shared-prompt choice scoring against one row per choice (1e-5), and prediction rows.
 The model is a tiny random Llama with a byte-level BPE tokenizer and a ChatML template, so choices
 and prompts are several real BPE tokens."""
 
@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from jaxmerge.config import MODULES, LlamaConfig, RopeConfig
-from jaxmerge.lora import Factored
+from jaxmerge.lora import Dense, Factored, fold_adapters
 from jaxmerge.params import abstract_params
 from jaxmerge.tasks import (answer_logprobs, answer_loss, concat_batches, encode, load_task, per_choice_scores,
                             predictions, shared_prompt_scores)
 from jaxmerge.tasks.bigbench import read_rows
+from jaxmerge.tasks.encode import shared_prefix
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -153,15 +154,62 @@ def test_answer_only_loss_equals_full_logits_loss(tiny, with_adapter):
 
 
 @pytest.mark.parametrize("with_adapter", [False, True])
-def test_shared_prompt_scores_equal_per_choice_rows(tiny, with_adapter):
+def test_shared_prefix_loss_equals_full_rows(tiny, with_adapter):
+    """The split-off prefix (the system turn + user header every row shares) runs once: loss, its gradient
+    w.r.t. the base and the adapter, and any subset of rows equal the full rows' to 1e-6."""
     params, cfg, tok = tiny
     adapters = _lora(cfg) if with_adapter else None
-    shared = shared_prompt_scores(params, cfg, tok, EXAMPLES, adapters=adapters, rows_per_call=4)  # several calls
-    plain = per_choice_scores(params, cfg, tok, EXAMPLES, adapters=adapters, batch_size=3)
+    rows = [{"prompt": e["prompt"], "answer": a} for e in EXAMPLES for a in e["choices"]]
+    batch = encode(rows, tok, None, system="Judge carefully.")
+    split = shared_prefix(batch)
+    P = len(split["prefix"])
+    assert P >= 6 and split["tokens"].shape[1] < batch["tokens"].shape[1]
+    assert tok.decode(split["prefix"]).startswith("<|im_start|>system\nJudge carefully.")
+    f = lambda p, a, b: answer_loss(p, cfg, b, a)
+    (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(params, adapters, b) for b in (split, batch))
+    assert abs(float(v1) - float(v2)) < 1e-6 and float(v2) > 1.0
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2))) < 1e-6
+    some = {k: (v if k == "prefix" else v[[1, 4, 6]]) for k, v in split.items()}
+    full = {k: v[[1, 4, 6]] for k, v in batch.items()}
+    assert abs(float(answer_loss(params, cfg, some, adapters)) - float(answer_loss(params, cfg, full, adapters))) < 1e-6
+    assert shared_prefix(split)["prefix"] is split["prefix"] and "prefix" not in shared_prefix({k: v for k, v in batch.items()
+                                                                           if k != "answer_index"})
+
+
+@pytest.mark.parametrize("with_adapter,system,split", [(False, None, True), (True, None, True),
+                                                       (True, "Judge carefully.", True), (True, None, False)])
+def test_shared_prompt_scores_equal_per_choice_rows(tiny, with_adapter, system, split, monkeypatch):
+    """Contexts run once per example after the prefix every context shares (run once per call; ``split=False``:
+    no prefix split off, the contexts run whole)."""
+    params, cfg, tok = tiny
+    adapters = _lora(cfg) if with_adapter else None
+    if not split:
+        monkeypatch.setattr("jaxmerge.tasks.choices.common_prefix", lambda rows: 0)
+    shared = shared_prompt_scores(params, cfg, tok, EXAMPLES, adapters=adapters, rows_per_call=4,  # several calls
+                                  system=system)
+    plain = per_choice_scores(params, cfg, tok, EXAMPLES, adapters=adapters, batch_size=3, system=system)
     for s, p, ex in zip(shared, plain, EXAMPLES):
         assert s.shape == (len(ex["choices"]),)
         np.testing.assert_allclose(s, p, atol=1e-5, rtol=0)
     assert len({round(float(x), 3) for x in np.concatenate(plain)}) > 4  # scores differ: not a vacuous comparison
+
+
+def test_folded_merge_scores_equal_applied_adapters(tiny):
+    """``fold_adapters`` (what a run's test evaluation uses: W + ΣΔW once) scores like the adapters applied in
+    the forward, for factored, dense and mixed (a tuple) deltas, to 1e-5; the base params are not written."""
+    params, cfg, tok = tiny
+    lora = _lora(cfg)
+    adapters = {**lora, "q_proj": (lora["q_proj"], Dense(-0.5 * lora["q_proj"].dense())),
+                "up_proj": Dense(lora["up_proj"].dense())}
+    before = jax.tree.map(np.asarray, params)
+    folded = fold_adapters(params, adapters)
+    a = shared_prompt_scores(params, cfg, tok, EXAMPLES, adapters=adapters)
+    b = shared_prompt_scores(folded, cfg, tok, EXAMPLES)
+    c = shared_prompt_scores(params, cfg, tok, EXAMPLES)
+    for x, y, z in zip(a, b, c):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+        assert np.abs(x - z).max() > 1e-2  # the adapters matter: not a vacuous comparison
+    assert all(np.array_equal(u, np.asarray(v)) for u, v in zip(jax.tree.leaves(before), jax.tree.leaves(params)))
 
 
 def test_prediction_rows_say_what_was_scored(tiny):

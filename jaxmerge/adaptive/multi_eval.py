@@ -41,9 +41,8 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..generate import generate
-from ..lora import Factored, fold_into
+from ..lora import Factored, fold_adapters
 from ..model import extend, prefix_caches
-from ..models.schema import module_path
 from ..progress import track
 from ..stacks import Pool
 from ..tasks.encode import answer_logprobs, encode, logprobs_at, pad_id, split_prefix, token_logprobs
@@ -100,17 +99,7 @@ def _stack_arrays(pool: Pool) -> dict[str, tuple]:
 # --- or one adapter at a time, folded into the base's weights ----------------------------------------
 def fold_adapter(params: Mapping, stacks: Mapping[str, tuple], plan: Mapping[str, Mapping]) -> dict:
     """``params`` with W + s·B·A of the one adapter in ``plan`` (B = 1) in every planned module; pure, jittable."""
-    out = jax.tree.map(lambda x: x, params)  # new containers, same leaves
-    for m, f in gather_batched(stacks, plan).items():
-        *parents, leaf = module_path(m)
-        node = out
-        for key in parents:
-            node[key] = dict(node[key])
-            node = node[key]
-        w = node[leaf]
-        delta = Factored(f.a[0], f.b[0], f.m[0]).dense()
-        node[leaf] = fold_into(w, delta)
-    return out
+    return fold_adapters(params, {m: Factored(f.a[0], f.b[0], f.m[0]) for m, f in gather_batched(stacks, plan).items()})
 
 
 def _pool_ranks(pool: Pool) -> dict[str, int]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..atomic import to_jsonable, write_jsonl
 from ..errors import UserError
-from ..lora import Dense
+from ..lora import Dense, fold_adapters
 from ..merge.coefficients import factored_adapters, module_coefficients
 from ..stacks import ModuleStack, Pool, bucketed
 from ..tasks import concat_batches, encode, predictions
@@ -103,7 +103,8 @@ def run_method(name_or_method: str | Method, base, pool: Pool | None, task_data,
         adapters, history, res, arrays = _tune(m, merged, frozen, config, train_b, val_b, keys, out_dir, mesh, progress)
         result.update(res)
         arrays.update(indices=np.asarray(info["indices"]))
-    rows = predictions(params, config, tok, task_data.test, task.protocol, adapters=adapters,
+    # the test set runs through the merged model itself: every ΔW folded into W once, not applied per token
+    rows = predictions(fold_adapters(params, adapters) if adapters else params, config, tok, task_data.test, task.protocol,
                        batch_size=eval_batch_size, max_new_tokens=task.max_new_tokens, system=task.system)
     write_jsonl(os.path.join(out_dir, "predictions.jsonl"), rows)  # exactly what was scored, per test example
     acc = float(np.mean([r["correct"] for r in rows]))

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from ..config import LlamaConfig
+from ..tasks.encode import shared_prefix
 from . import checkpoint as ckpt
 from .space import Tuning
 
@@ -139,16 +140,21 @@ def batch_indices(key: jax.Array, step: int, n: int, batch_size: int) -> np.ndar
 
 
 def _micro(batch: Batch, idx: np.ndarray, micro: int) -> dict:
-    """Gather rows ``idx`` and split them into ``[batch/micro, micro, T]`` micro-batches."""
-    return {k: np.asarray(v)[idx].reshape(len(idx) // micro, micro, -1) for k, v in batch.items()}
+    """Gather rows ``idx`` and split them into ``[batch/micro, micro, T]`` micro-batches; a shared
+    ``prefix [P]`` goes to every micro-batch (``[batch/micro, P]``)."""
+    out = {k: np.asarray(v)[idx].reshape(len(idx) // micro, micro, -1) for k, v in batch.items() if k != "prefix"}
+    if "prefix" in batch:
+        out["prefix"] = np.broadcast_to(np.asarray(batch["prefix"]), (len(idx) // micro, len(batch["prefix"])))
+    return out
 
 
 def micro_batches(batch: Batch, micro: int) -> dict:
     """All rows of ``batch`` (``[n, T]`` arrays) as ``[n/m, m, T]`` micro-batches, ``m`` the largest
-    divisor of n that is at most ``micro`` (so no row is dropped or repeated)."""
+    divisor of n that is at most ``micro`` (so no row is dropped or repeated), their shared prefix split
+    off (``shared_prefix``)."""
     n = len(np.asarray(batch["tokens"]))
     m = max(d for d in range(1, min(micro, n) + 1) if n % d == 0)
-    return _micro(batch, np.arange(n), m)
+    return _micro(shared_prefix(batch), np.arange(n), m)
 
 
 def place_batch(batch: dict, mesh=None) -> dict:
@@ -159,7 +165,7 @@ def place_batch(batch: dict, mesh=None) -> dict:
     from jax.sharding import NamedSharding, PartitionSpec as P
     out = {}
     for k, v in batch.items():
-        ax = "data" if v.shape[1] % mesh.shape["data"] == 0 else None
+        ax = "data" if k != "prefix" and v.shape[1] % mesh.shape["data"] == 0 else None
         out[k] = jax.device_put(v, NamedSharding(mesh, P(None, ax)))
     return out
 
@@ -249,6 +255,7 @@ def fit(objective: Callable, trainable: Any, frozen: Any, train: Batch, val: Bat
     steps, bs = tuning.steps, tuning.batch_size
     micro = tuning.micro_batch or bs
     n_train = len(np.asarray(train["tokens"]))
+    train = shared_prefix(train)  # every step's rows share it: run once per micro-batch, not once per row
     rule = UpdateRule.of(tuning, lora_keys)
     opt, lrs = optimizer(rule), jnp.asarray(learning_rates(tuning))
     step_fn = functools.partial(train_step, objective=objective, rule=rule)

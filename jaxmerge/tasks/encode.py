@@ -17,7 +17,9 @@ point at the last column, whose mask is 0). ``answer_logprobs`` applies the LM h
 positions only, so a loss never forms ``[n, T, V]`` logits — with a 49 k or 128 k vocabulary they
 are most of a training step's memory. With a fixed ``max_len`` A is T itself, so that batches encoded
 with the same ``max_len`` always stack; ``concat_batches`` pads both widths. A batch without
-``answer_index`` takes the full-logits path.
+``answer_index`` takes the full-logits path. A batch with ``prefix [P]`` (``shared_prefix``: the chat
+template's system turn and a task prefix, which every row of a split shares) holds the rows after it;
+the loss runs the prefix once and every row against its cached keys and values.
 
 Einsum-free; shapes: n rows, T tokens, V vocabulary.
 """
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import forward, hidden_states, lm_head
+from ..model import forward, hidden_states, lm_head, suffix_hidden_states
 
 PAD_MULTIPLE = 8
 
@@ -151,6 +153,15 @@ def encode(examples: Sequence[Mapping], tokenizer, max_len: int | None, *, with_
     return _pack(rows, spans, max_len, pad_id(tokenizer), left=not with_answer)
 
 
+def common_prefix(rows: Sequence[Sequence[int]], width: int | None = None) -> int:
+    """The number of leading tokens every row shares, at most ``width`` (default: each row keeps ≥ 1 token)."""
+    width = min(map(len, rows)) - 1 if width is None else width
+    if width <= 0:
+        return 0
+    head = np.asarray([r[:width] for r in rows])
+    return int(np.argmin(np.append((head == head[:1]).all(0), False)))
+
+
 def split_prefix(batch: Mapping[str, np.ndarray], *, left: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(``prefix [P]``, the rows after it): P = the most leading tokens every row shares (the chat template's
     system turn, a task prefix), computed once per model instead of once per row. Every row keeps ≥ 1 token
@@ -165,8 +176,7 @@ def split_prefix(batch: Mapping[str, np.ndarray], *, left: bool = False) -> tupl
     if "loss_mask" in batch and np.asarray(batch["loss_mask"]).any():
         loss = np.asarray(batch["loss_mask"])
         width = min(width, min(int(np.flatnonzero(r)[0]) - f for r, f in zip(loss, first) if r.any()))
-    real = np.stack([tokens[i, first[i]:first[i] + max(width, 0)] for i in range(n)])
-    P = int(np.argmin(np.append((real == real[:1]).all(0), False)))
+    P = common_prefix([tokens[i, first[i]:first[i] + lens[i]] for i in range(n)], width)
     Ts = min(_round(int(lens.max()) - P), T - P)
     cols = np.arange(Ts)
     keep = (cols[None] >= Ts - (lens - P)[:, None]) if left else (cols[None] < (lens - P)[:, None])
@@ -179,6 +189,17 @@ def split_prefix(batch: Mapping[str, np.ndarray], *, left: bool = False) -> tupl
         if "answer_index" in batch:
             out["answer_index"] = answer_index(out["loss_mask"])
     return tokens[0, first[0]:first[0] + P].astype(np.int32), out
+
+
+def shared_prefix(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A right-padded training batch with the leading tokens all its rows share (``split_prefix``) moved to
+    ``batch["prefix"] [P]``: ``answer_logprobs`` then runs them once per batch instead of once per row. Any
+    subset of the rows shares that prefix too. Unchanged (a copy) when the rows share nothing, the batch has
+    no ``answer_index`` (the full-logits path) or already has a prefix."""
+    if "prefix" in batch or "answer_index" not in batch:
+        return dict(batch)
+    prefix, rows = split_prefix(batch)
+    return {**rows, "prefix": prefix} if len(prefix) else dict(batch)
 
 
 def concat_batches(*batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -238,7 +259,11 @@ def answer_logprobs(params, config, batch: Mapping[str, jax.Array], adapters=Non
     tokens, mask = batch["tokens"], batch["loss_mask"].astype(jnp.float32)
     if "answer_index" not in batch:
         return token_logprobs(params, config, tokens, batch["attention_mask"], adapters, remat), mask
-    h = hidden_states(params, tokens, config, adapters=adapters, attention_mask=batch["attention_mask"], remat=remat)
+    if "prefix" in batch:
+        h = suffix_hidden_states(params, batch["prefix"], tokens, config, adapters=adapters,
+                                 attention_mask=batch["attention_mask"], remat=remat)
+    else:
+        h = hidden_states(params, tokens, config, adapters=adapters, attention_mask=batch["attention_mask"], remat=remat)
     return logprobs_at(params, h, tokens, batch["answer_index"], mask)
 
 

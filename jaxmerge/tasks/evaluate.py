@@ -1,6 +1,7 @@
 """The two evaluation protocols, per example (0/1 vectors, prediction rows) and as accuracies.
 
-* generation (the paper's): chat template, greedy decoding with ``jaxmerge.generate`` (KV cache),
+* generation (the paper's): chat template, greedy decoding with ``jaxmerge.generate`` (KV cache; the
+  tokens every prompt starts with run once per batch),
   the continuation cut at the first end token, decoded without special tokens, exact match after
   ``normalize`` (lower-case, strip spaces and '.') against any of the example's accepted answers.
 * log-likelihood (lm-evaluation-harness's ``acc``): the summed log-probability of each choice's
@@ -25,7 +26,8 @@ import numpy as np
 
 from ..generate import generate
 from .choices import shared_prompt_scores
-from .encode import chat_text, encode, encode_choices, pad_id, token_logprobs
+from ..lora import grouped
+from .encode import chat_text, encode, encode_choices, pad_id, split_prefix, token_logprobs
 from .spec import PROTOCOLS, normalize
 
 
@@ -62,13 +64,15 @@ def generate_answers(params, config, tokenizer, examples: Sequence[Mapping], *, 
                      batch_size: int = 32, max_new_tokens: int = 30, system: str | None = None) -> list[str]:
     """Greedy answers (decoded text, special tokens removed) for ``examples``' prompts."""
     enc = encode(examples, tokenizer, None, with_answer=False, system=system)
+    # the tokens every prompt starts with (system turn, task prefix) run once per batch, not once per row
+    prefix, enc = split_prefix(enc, left=True) if not grouped(adapters) else (None, enc)
     ends = _end_ids(config, tokenizer)
     out: list[str] = []
     for lo, hi in _batches(len(examples), batch_size):
         toks = _pad_rows(enc["tokens"][lo:hi], batch_size)
         mask = _pad_rows(enc["attention_mask"][lo:hi], batch_size)
         gen = np.asarray(generate(params, toks, config, max_new_tokens=max_new_tokens, attention_mask=mask,
-                                  adapters=adapters, eos_token_id=ends, pad_token_id=pad_id(tokenizer)))
+                                  adapters=adapters, eos_token_id=ends, pad_token_id=pad_id(tokenizer), prefix=prefix))
         for row in gen[:hi - lo]:
             stop = [j for j, t in enumerate(row) if int(t) in ends]
             ids = row[:stop[0]] if stop else row
