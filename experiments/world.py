@@ -210,8 +210,10 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="cache folder (default $JAXMERGE_CACHE or ~/.cache/jaxmerge)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    from jaxmerge.errors import cli_errors
     t = time.time()
-    w = get_world(a.world, a.root, a.seed, progress=not a.quiet)
+    with cli_errors("python -m experiments.world"):
+        w = get_world(a.world, a.root, a.seed, progress=not a.quiet)
     print(f"world at {w.root} ({time.time() - t:.1f} s)")
     print(f"  base: {w.base_dir}\n  pool: {len(w.good_pool_dirs)} adapters + {len(w.broken)} broken")
     print(f"  targets: {', '.join(w.target_tasks)} (default {w.default_task})")

@@ -12,7 +12,9 @@ sha256 is checked against ``PINNED`` (the archives this project uses) or, for an
 first fetch and checked on every later use. pip prepares an sdist's metadata before it saves it, and
 refuses some sdists there (pip ≥ 26.3 rejects PyPI sdists that declare direct-URL dependencies, as
 ``bigbench`` does); then the file is taken from the same package index directly — the index's own file
-list (PEP 691 JSON or PEP 503 HTML) gives its URL and sha256, which is verified.
+list (PEP 691 JSON or PEP 503 HTML) gives its URL and sha256, which is verified. An archive that is no
+longer on the index (``bigbench==1.0.0`` was withdrawn from PyPI by December 2026) can be put into its
+cache folder by hand; it is taken, after the same sha256 check, before anything is downloaded.
 
 An sdist (gzipped tar, no random access) is scanned once per *group*: every member matching the
 group's pattern (e.g. all of BIG-bench's ``task.json`` files) is extracted in that one pass; a wheel
@@ -123,6 +125,9 @@ def archive(name: str, version: str, kind: str, progress: bool = True) -> str:
 def _fetch(name: str, version: str, kind: str, folder: str, progress: bool) -> dict:
     os.makedirs(folder, exist_ok=True)
     what = f"{name}=={version} ({kind})"
+    placed = _matching(folder, name, version, kind)  # put there by hand (from a mirror, another machine's cache)
+    if placed:
+        return _record(name, version, kind, folder, placed[0], "placed in the cache folder", progress)
     if progress:
         print(f"fetching {what} from the package index into {folder} (not installed)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
@@ -134,14 +139,22 @@ def _fetch(name: str, version: str, kind: str, folder: str, progress: bool) -> d
             reason, via = _index_download(name, version, tmp, progress) or reason, "package index page"
         files = _matching(tmp, name, version, kind)
         if not files:
-            raise RegistryError(f"could not fetch {what}: {reason}")
-        src = files[0]
-        digest = file_sha256(src)
-        want = PINNED.get((_normalized(name), version, kind))
-        if want is not None and digest != want:
-            raise RegistryError(f"{what}: sha256 {digest} of {os.path.basename(src)} differs from the pinned {want}")
-        final = os.path.join(folder, os.path.basename(src))
-        os.replace(src, final)
+            want = PINNED.get((_normalized(name), version, kind))
+            raise RegistryError(f"could not fetch {what}: {reason}. If you have the file "
+                                f"({_filename_stem(name)}-{version}{'.tar.gz' if kind == 'sdist' else '-*.whl'}"
+                                + (f", sha256 {want}" if want else "") + f"), put it in {folder} and run again")
+        return _record(name, version, kind, folder, files[0], via, progress)
+
+
+def _record(name: str, version: str, kind: str, folder: str, path: str, via: str, progress: bool) -> dict:
+    """Verify the archive at ``path`` against its pin, move it into ``folder`` and record it as the cached archive."""
+    digest, want = file_sha256(path, progress), PINNED.get((_normalized(name), version, kind))
+    if want is not None and digest != want:
+        raise RegistryError(f"{name}=={version} ({kind}): sha256 {digest} of {path} differs from the pinned {want}"
+                            + ("; remove that file" if os.path.dirname(path) == folder else ""))
+    final = os.path.join(folder, os.path.basename(path))
+    if path != final:
+        os.replace(path, final)
     record = {"name": name, "version": version, "kind": kind, "file": os.path.basename(final),
               "size": os.path.getsize(final), "sha256": digest, "pinned": want is not None, "via": via}
     write_json(os.path.join(folder, "archive.json"), record)

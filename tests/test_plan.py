@@ -51,6 +51,7 @@ def _config(tmp_path, **changes):
            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
            "rope_theta": 500000.0}
     cfg.update(changes)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     return str(tmp_path / "config.json")
 
@@ -73,14 +74,21 @@ def test_plan_unknown_model_lists_the_known_ones():
     assert "'llama-3.1-70b' is neither a known model (llama-3.1-8b, llama-3.2-1b, qwen3-4b)" in out.stderr
 
 
+def _plan_json(path: str, *args: str) -> dict:
+    """``jaxmerge plan --json`` in a child process: the compile runs in a fresh process, not in the test worker
+    that has already compiled hundreds of programs (CI once lost a worker to a crash inside this compile)."""
+    out = subprocess.run([sys.executable, "-m", "jaxmerge", "plan", "--model", path, "--json", *args], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_plan_of_a_tied_base(tmp_path, family):
     """Tied embeddings (no lm_head; Llama-3.2's and Qwen3-4B's) compile and count no head weights twice."""
-    from jaxmerge.plan import plan
     extra = {"head_dim": 32, "architectures": ["Qwen3ForCausalLM"], "num_key_value_heads": 2} if family == "qwen3" else {}
-    tied = plan(_config(tmp_path, model_type=family, tie_word_embeddings=True, **extra), 4, 1, batch=2, seq=16,
-                dtype="float32")
-    untied = plan(_config(tmp_path, model_type=family, tie_word_embeddings=False, **extra), 4, 1, batch=2, seq=16,
-                  dtype="float32")
+    args = ("--k", "4", "--devices", "1", "--batch", "2", "--seq", "16", "--dtype", "float32")
+    tied = _plan_json(_config(tmp_path / "tied", model_type=family, tie_word_embeddings=True, **extra), *args)
+    untied = _plan_json(_config(tmp_path / "untied", model_type=family, tie_word_embeddings=False, **extra), *args)
     head = 512 * 64 * 4  # the vocab × hidden float32 head
     assert untied["per_device_bytes"]["arguments"] - tied["per_device_bytes"]["arguments"] == head

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -103,3 +104,29 @@ def test_registry_task_resolves_to_the_sdist_offline(index, monkeypatch):
     assert resolve_task("other").name == "other"           # the sdist's list is cached now
     with pytest.raises(Exception, match="no such JSON task"):
         resolve_task("bigbench:missing_task")
+
+
+def test_an_archive_gone_from_the_index_can_be_placed_in_the_cache(index, monkeypatch):
+    """bigbench==1.0.0 left PyPI (December 2026): the error says where to put the file; a file put there is
+    taken without any download once it matches the pin, and a wrong one is refused, naming it."""
+    src = "pypi:bigbench==1.0.0:bigbench-1.0.0/bigbench/benchmark_tasks/sports_understanding/task.json"
+    folder = rs.archive_dir("bigbench", "1.0.0", "sdist")
+    empty = local_index(str(index / "empty"), {"bigbench": []})
+    use_local_index(monkeypatch, empty, str(index / "cache"))
+    with pytest.raises(RegistryError) as e:
+        member_path(src, progress=False)
+    assert "could not fetch bigbench==1.0.0 (sdist)" in str(e.value)
+    assert f"sha256 {rs.PINNED[('bigbench', '1.0.0', 'sdist')]}), put it in {folder} and run again" in str(e.value)
+
+    def no_network(*a, **k):
+        raise AssertionError("downloaded although the archive was placed")
+
+    monkeypatch.setattr(subprocess, "run", no_network)
+    monkeypatch.setattr(rs.urllib.request, "urlopen", no_network)
+    wrong = os.path.join(folder, "bigbench-1.0.0.tar.gz")
+    fake_sdist(wrong, "bigbench-1.0.0", {"bigbench-1.0.0/bigbench/benchmark_tasks/x/task.json": "{}"})
+    with pytest.raises(RegistryError, match=f"of {wrong} differs from the pinned .*; remove that file"):
+        member_path(src, progress=False)
+    shutil.copy(index / "dist" / "bigbench-1.0.0.tar.gz", wrong)
+    assert json.load(open(member_path(src, progress=False)))["name"] == "toy"
+    assert json.load(open(os.path.join(folder, "archive.json")))["via"] == "placed in the cache folder"

@@ -69,7 +69,7 @@ def test_tasks_list_command(capsys):
     by = {r["task"]: r for r in table}
     assert len(table) == len(REGISTRY) and sum(r["in_paper_62"] for r in table) == 62
     assert by["sports_understanding"]["protocol"] == "loglik" and by["object_counting"]["protocol"] == "generate"
-    assert by["sports_understanding"]["offline"].startswith("after one fetch of the bigbench sdist")  # the suite's empty cache
+    assert by["sports_understanding"]["offline"].startswith("no: needs the bigbench==1.0.0 sdist")  # the suite's empty cache
     assert by["boolean_expressions"]["offline"].startswith("no: BIG-bench generates this task with a program")
     assert by["gsm8k"]["paper_zero_shot"] == PAPER["tasks"]["gsm8k"]["zero_shot"]["main"]
     assert main(["tasks", "list"]) == 0 and "sports_understanding" in capsys.readouterr().out

@@ -14,9 +14,11 @@ def availability(task) -> str:
     from .bigbench import SDIST_NAME, SDIST_VERSION
     kind, _, where = task.source.partition(":")
     if kind == "bigbench":
-        if os.path.exists(os.path.join(archive_dir(SDIST_NAME, SDIST_VERSION, "sdist"), "archive.json")):
+        folder = archive_dir(SDIST_NAME, SDIST_VERSION, "sdist")
+        if os.path.exists(os.path.join(folder, "archive.json")):
             return "yes (bigbench sdist in the cache)"
-        return "after one fetch of the bigbench sdist from PyPI (358 MB)"
+        # bigbench==1.0.0 left PyPI (seen 2026-12-06): a fetch is tried, but a copy put in the folder is what works
+        return f"no: needs the bigbench=={SDIST_VERSION} sdist, no longer on PyPI: put a copy in {folder}"
     if kind == "hub":
         from .load import _hub_snapshot
         if _hub_snapshot(where) is not None:  # the snapshot load_task reads offline
