@@ -5,6 +5,9 @@
     python -m experiments.study_smollm2 run --part fig3        # k × selection × random pool on FIG3_TASKS
     python -m experiments.study_smollm2 render --to experiments/results/smollm2-bigbench
 
+``run`` also renders into the committed results folder after every finished run (``--render-to``), so a
+run is in a tracked file the moment it ends: session 13's 33 runs were lost with the scratch ``OUT``.
+
 Every run uses one named budget (``experiments.budgets``; default ``cpu``) and the shared references of
 ``jaxmerge.adaptive.references`` (zero-shot and the target LoRA once per task and seed, the same entries
 ``experiments.adaptive`` uses). Each finished run appends a line to ``OUT/results.jsonl`` (the schema of
@@ -52,8 +55,21 @@ def part(name: str, tasks, k: int | None = None) -> list[Spec]:
     raise ValueError(f"part {name!r}: table2 | seeds | fig3")
 
 
+def publish(out: str, to: str) -> list[str]:
+    """Render ``OUT/results.jsonl`` into ``TO``: table2.md, the figures, paper.md and a copy of results.jsonl."""
+    from jaxmerge.atomic import write_bytes, write_text
+    from .render import read, render
+    written = render(out, to)
+    written.append(write_text(os.path.join(to, "paper.md"), beside_paper(read(os.path.join(out, "results.jsonl")))))
+    with open(os.path.join(out, "results.jsonl"), "rb") as f:
+        written.append(write_bytes(os.path.join(to, "results.jsonl"), f.read()))
+    return written
+
+
 def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = True,
-        resume_from: str | None = COMMITTED) -> None:
+        resume_from: str | None = COMMITTED, render_to: str | None = None) -> None:
+    """Run ``specs`` not yet in ``OUT/results.jsonl``; with ``render_to``, publish there after every run, so
+    that a finished run is in the tracked results folder at once, not only in the scratch ``OUT``."""
     import jaxmerge
     from jaxmerge.adaptive.methods import effective_k
     from jaxmerge.adaptive.references import reference
@@ -99,6 +115,8 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
                                    "seconds": round(time.time() - t1, 1), "reference_seconds": round(t1 - t0, 1),
                                    "run_seconds": r.get("seconds"), "out_dir": os.path.join(out, "runs", spec.key),
                                    "world": os.path.basename(world.root), "pool_identity": {"sha256": r["identity"]["pool"]["sha256"]}})
+            if render_to:
+                publish(out, render_to)
             b.update(1)
 
 
@@ -140,29 +158,26 @@ def main(argv=None) -> int:
     r.add_argument("--out", default="runs/smollm2-bigbench")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--resume-from", default=COMMITTED, help="finished runs to start a new OUT from (default: %(default)s)")
+    r.add_argument("--render-to", default=os.path.dirname(COMMITTED),
+                   help="render the results there after every run ('' for never; default: %(default)s)")
     d = sub.add_parser("render", help="table2.md and the figures from OUT/results.jsonl")
     d.add_argument("--out", default="runs/smollm2-bigbench")
     d.add_argument("--to", default="experiments/results/smollm2-bigbench")
     a = p.parse_args(argv)
-    if a.cmd == "render":
-        from jaxmerge.atomic import write_bytes, write_text
-        from jaxmerge.errors import cli_errors
-        from .render import render
-        with cli_errors("python -m experiments.study_smollm2"):
-            for path in render(a.out, a.to):
+    from jaxmerge.errors import cli_errors
+    with cli_errors("python -m experiments.study_smollm2"):
+        if a.cmd == "render":
+            for path in publish(a.out, a.to):
                 print(f"wrote {path}")
-            from .render import read
-            print(f"wrote {write_text(os.path.join(a.to, 'paper.md'), beside_paper(read(os.path.join(a.out, 'results.jsonl'))))}")
-            with open(os.path.join(a.out, "results.jsonl"), "rb") as f:
-                print(f"wrote {write_bytes(os.path.join(a.to, 'results.jsonl'), f.read())}")
-        return 0
-    if a.quiet:
-        from jaxmerge.progress import quiet_libraries
-        quiet_libraries()
-    from .world import world_kind
-    tasks = a.tasks or list(world_kind(WORLD).targets)
-    from .budgets import resolve
-    run(part(a.part, tasks, resolve(a.budget, WORLD).k), a.out, a.budget, progress=not a.quiet, resume_from=a.resume_from)
+            return 0
+        if a.quiet:
+            from jaxmerge.progress import quiet_libraries
+            quiet_libraries()
+        from .budgets import resolve
+        from .world import world_kind
+        tasks = a.tasks or list(world_kind(WORLD).targets)
+        run(part(a.part, tasks, resolve(a.budget, WORLD).k), a.out, a.budget, progress=not a.quiet,
+            resume_from=a.resume_from, render_to=a.render_to or None)
     return 0
 
 

@@ -119,6 +119,21 @@ def test_study_table_beside_the_paper():
     assert "(paper: tracking_shuffled_objects) | 0.250 | 0.224 | 0.500 | 0.184 | – / 0.375 |" in table
 
 
+def test_study_publish_renders_the_tracked_folder(tmp_path):
+    """``run --render-to`` publishes after every run: table, figures, paper.md and the results copied as they are."""
+    from experiments.study_smollm2 import publish
+    row = lambda m, tl, a: {"spec": {"method": m, "task": "sports_understanding", "with_target_lora": tl, "seed": 0,
+                                     "k": None, "selection": None, "random_pool": False, "key": f"{m}-{tl}"},
+                            "test_accuracy": a, "zero_shot_accuracy": 0.5, "target_lora_accuracy": 0.625,
+                            "world": "w-1", "pool_identity": {"sha256": "x"}}
+    text = "".join(json.dumps(r) + "\n" for r in (row("ours", False, 0.375), row("ours", True, 0.75)))
+    (tmp_path / "results.jsonl").write_text(text)
+    written = publish(str(tmp_path), str(tmp_path / "to"))
+    assert {os.path.basename(p) for p in written} >= {"table2.md", "paper.md", "results.jsonl"}
+    assert (tmp_path / "to" / "results.jsonl").read_text() == text
+    assert "| sports_understanding | 0.500 | 0.733 | 0.625 | 0.566 | 0.375 / 0.750 |" in (tmp_path / "to" / "paper.md").read_text()
+
+
 def test_study_fig3_reinitialises_pools_only_beside_the_target_lora():
     from experiments.study_smollm2 import FIG3_KS, part
     specs = part("fig3", ["sports_understanding", "hyperbaton"])  # hyperbaton is not a fig3 task
