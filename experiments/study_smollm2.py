@@ -74,6 +74,7 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
     from jaxmerge.adaptive.methods import effective_k
     from jaxmerge.adaptive.references import reference
     from jaxmerge.adaptive.run import run_method
+    from jaxmerge.compiles import release_compiled
     from jaxmerge.progress import bar
     from jaxmerge.tasks import load_task
     from .budgets import resolve
@@ -117,6 +118,7 @@ def run(specs: list[Spec], out: str, budget_name: str = "cpu", progress: bool = 
                                    "world": os.path.basename(world.root), "pool_identity": {"sha256": r["identity"]["pool"]["sha256"]}})
             if render_to:
                 publish(out, render_to)
+            release_compiled()  # stay under the kernel's memory-mapping limit (jaxmerge.compiles)
             b.update(1)
 
 

@@ -97,7 +97,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
     from jaxmerge.distributed import maybe_initialize
     from jaxmerge.tasks import load_task
     from jaxmerge.atomic import write_json
-    from jaxmerge.compiles import count_compiles
+    from jaxmerge.compiles import count_compiles, release_compiled
     from jaxmerge.progress import bar as progress_bar
 
     maybe_initialize()
@@ -138,6 +138,7 @@ def run_sweep(specs: list[Spec], out: str, *, base=None, pool_sources=None, worl
                                "compiles": cc.total, "compile_seconds": cc.seconds})
         by_function.update(cc.by_function)
         compile_s += cc.seconds
+        release_compiled()  # a long sweep compiles hundreds of shapes: stay under the kernel's mapping limit
         bar.update(1)
     bar.close()
     if todo:

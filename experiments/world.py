@@ -35,7 +35,7 @@ from jaxmerge.cache import build_lock, cache_root
 
 from . import world_smollm2 as _smollm2  # the real-model world (its module needs nothing from this one at import)
 
-VERSION = 2
+VERSION = 3  # 3: the content the current trainer builds (version 2's folder name held two different builds)
 POOL_FAMILIES = ("add", "sub", "successor", "max", "count", "first", "sentiment", "boolean", "color", "translate",
                  "category", "antonym")
 PRETRAIN_FAMILIES = ("add", "sub", "successor", "double", "max", "compare", "parity", "count", "first", "last",
@@ -52,7 +52,7 @@ SIZES = {
                     pretrain=dict(steps=1200, batch=32, lr=3e-3, examples_per_family=1500),
                     pool=dict(n=44, steps=200, batch=8, lr=1e-2, examples=400, chunk=9),
                     targets=("category", "color", "translate", "add", "count", "compare", "last", "min", "second"),
-                    n_test=200, default_task="category"),
+                    n_test=200, default_task="compare"),
     "small": dict(dims=dict(hidden=32, layers=2, heads=4, kv_heads=2, ffn=64), max_len=32,
                   pretrain=dict(steps=40, batch=16, lr=3e-3, examples_per_family=40),
                   pool=dict(n=12, steps=15, batch=4, lr=2e-2, examples=32, chunk=12),

@@ -66,3 +66,33 @@ def count_compiles() -> Iterator[Compiles]:
             diff = _COUNTS - before
             out.by_function = dict(diff)
             out.seconds = round(sum(_SECONDS.values()) - before_s, 3)
+
+
+# --- the process's memory mappings ----------------------------------------------------------------
+# XLA:CPU maps each compiled kernel's code and data separately: one compiled training step of a small
+# model holds ~200 mappings until its executable is dropped. Linux refuses mmap beyond
+# vm.max_map_count (65530 by default), and LLVM then fails ("LLVM compilation error: Cannot allocate
+# memory") and the process dies. A process that compiles many distinct programs (a sweep over k and
+# pools, a test worker) frees them before it gets there (BUILD_NOTES, "Session 14").
+def mapping_count() -> tuple[int, int] | None:
+    """(memory mappings of this process, the kernel's limit), or None where /proc does not tell."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            return used, int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled(fraction: float = 0.5) -> bool:
+    """Drop JAX's compiled programs (``jax.clear_caches``) when this process holds more than ``fraction``
+    of the allowed memory mappings; later calls compile again. True when it released them."""
+    counts = mapping_count()
+    if counts is None or counts[0] < fraction * counts[1]:
+        return False
+    import gc
+    import jax
+    jax.clear_caches()
+    gc.collect()
+    return True

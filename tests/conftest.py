@@ -31,14 +31,15 @@ os.environ["JAXMERGE_CACHE"] = os.environ["JAXMERGE_TEST_CACHE"]
 
 # Compilation is most of the suite's CPU time (the models are tiny), so, before JAX starts and for
 # every subprocess a test spawns (they inherit os.environ): LLVM at -O0 for XLA's generated kernels
-# (matmuls still go to XLA:CPU's library GEMM). No persistent compilation cache: jaxlib 0.10's CPU
-# executable serialisation, which every cache write runs, segfaulted inside an xdist worker in the last
-# two full runs (session 13's CI, session 14's .ci/run; BUILD_NOTES, "Session 14"); the suite pays its compiles in full instead.
+# (matmuls still go to XLA:CPU's library GEMM). No persistent compilation cache: the suite ran faster
+# without it (827 → 509 s), and both CI worker crashes were inside its writes (an executable's
+# serialisation; most likely a worker at the memory-mapping limit that ``_bounded_memory_mappings`` now
+# keeps workers under — not proven; BUILD_NOTES, "Session 14").
 XLA_FLAGS_FAST_COMPILE = "--xla_backend_optimization_level=0"
 if XLA_FLAGS_FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):  # a nested pytest inherits it already set
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_FLAGS_FAST_COMPILE).strip()
 for _var in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_COMPILATION_CACHE_MAX_SIZE"):
-    os.environ.pop(_var, None)  # a user's own cache setting would bring the crash back
+    os.environ.pop(_var, None)  # nor a user's own one
 
 # Under pytest-xdist (``-n auto`` in pyproject's addopts) each worker gets its own share of the CPUs, before
 # JAX starts: XLA sizes its thread pools from the affinity mask, so two workers never oversubscribe the
@@ -72,6 +73,16 @@ def pytest_xdist_auto_num_workers(config):
 # the tests reach positions beyond it, untied embeddings.
 
 
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory_mappings():
+    """A worker compiles hundreds of programs; each holds ~200 memory mappings until dropped, and at the
+    kernel's limit (vm.max_map_count) LLVM's next allocation fails and the worker dies. After each test,
+    drop JAX's compiled programs once the worker holds over half the limit (``jaxmerge.compiles``)."""
+    yield
+    from jaxmerge.compiles import release_compiled
+    release_compiled()
 
 
 @pytest.fixture(scope="session")

@@ -71,3 +71,22 @@ def test_bucketed_pool_keeps_its_ranks(setup):
         assert s.a.shape[1] == rank_bucket(sub.modules[m].a.shape[1])
         assert tuple(s.ranks) == tuple(sub.modules[m].ranks)
         assert (np.asarray(s.owner)[int(sum(s.ranks)):] == -1).all()
+
+
+def test_compiled_programs_are_released_near_the_mapping_limit(monkeypatch):
+    """Each compiled XLA:CPU program holds memory mappings until dropped; ``release_compiled`` clears
+    JAX's caches once the process is over the given fraction of vm.max_map_count, and not before."""
+    import jax
+    import jax.numpy as jnp
+    from jaxmerge import compiles
+    counts = compiles.mapping_count()
+    if counts is None:
+        pytest.skip("no /proc/self/maps on this platform")
+    f = jax.jit(lambda x: jnp.tanh(x) * 2)
+    f(jnp.ones(3))
+    assert f._cache_size() == 1
+    assert not compiles.release_compiled(fraction=1.0)  # far from the limit: nothing dropped
+    assert f._cache_size() == 1
+    monkeypatch.setattr(compiles, "mapping_count", lambda: (counts[1], counts[1]))  # at the limit
+    assert compiles.release_compiled()
+    assert f._cache_size() == 0
