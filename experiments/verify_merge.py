@@ -18,7 +18,7 @@ def meta_load(out: str) -> dict:
     """transformers' own key matching of OUT on the meta device: (missing, unexpected, mismatched) keys."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from jaxmerge.pool.export import Checkpoint
+    from jaxmerge.pool.shards import Checkpoint
     cfg = AutoConfig.from_pretrained(out)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)

@@ -165,7 +165,7 @@ def test_a_shard_recorded_complete_but_not_renamed_is_renamed_on_resume(tmp_path
     """A kill between recording a window (progress.json) and renaming its completed shard leaves the shard
     under its partial name with every key recorded done: the resumed writer renames it, and the output has
     every tensor with its bytes."""
-    from jaxmerge.pool.export import Plan, StreamWriter
+    from jaxmerge.pool.shards import Plan, StreamWriter
     rng = np.random.default_rng(0)
     arrays = {f"t{i}": rng.normal(size=(8, 16)).astype(np.float32) for i in range(4)}
     plan = Plan.make([(k, np.float32, a.shape) for k, a in arrays.items()], shard_bytes=2 * 8 * 16 * 4)

@@ -103,7 +103,7 @@ def _inputs(args, config):
 
 def sample(folder: str, keys: list[str]):
     import numpy as np
-    from ..pool.export import Checkpoint
+    from ..pool.shards import Checkpoint
     ckpt = Checkpoint(folder)
     return {k: np.asarray(ckpt[k], np.float32) for k in keys}
 
@@ -114,7 +114,7 @@ def oracle(method: str, base: str, ads: list[str], keys: list[str]) -> dict:
     import numpy as np
     import torch
     from peft.utils import merge_utils as mu
-    from ..pool.export import Checkpoint
+    from ..pool.shards import Checkpoint
     from ..safetensors_io import SafeFile
     w_base = Checkpoint(base)
     out = {}

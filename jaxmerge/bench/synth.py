@@ -6,7 +6,7 @@ and the streaming-memory test.
         # 16 GB of bf16 weights + 30 adapters drawn from the real pool's (rank, alpha, modules) mix
 
 Weights are N(0, 0.02) (norms 1 ± 0.1), in ``--dtype`` (bf16 by default), one tensor at a time through
-``jaxmerge.pool.export.StreamWriter``; ``config.json`` is transformers' own ``LlamaConfig`` with the
+``jaxmerge.pool.shards.StreamWriter``; ``config.json`` is transformers' own ``LlamaConfig`` with the
 dims of ``--model`` (a known name or a config.json) and ``--layers``. Adapter factors: A ~ U(±1/√in)
 (PEFT's kaiming init), B ~ N(0, σ) with σ set so that the adapter's scaled ‖ΔW‖_F over all its modules
 and layers is about ``norm`` (10: inside the pool filter's (1, 1000] at any dims), or so that ΔW's
@@ -28,7 +28,7 @@ from ..atomic import partial_dir, publish
 from ..config import ModelConfig, known_or_json
 from ..hf_write import SHARD_BYTES
 from ..params import abstract_params, hf_key
-from ..pool.export import Plan, StreamWriter
+from ..pool.shards import Plan, StreamWriter
 from ..pool.peft_write import lora_config, lora_key, write_adapter
 from ..progress import track
 from ..shapes import AdapterShape, draw, load_shapes

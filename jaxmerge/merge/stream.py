@@ -8,7 +8,7 @@ window of ``layers_per_step`` layers, the adapters' factors of the window are re
 safetensors memory maps (``build_pool(layers=…)``), each module's ΔW of the window is merged by the
 registry's function (``static.merge_window``) and — ``fmt="model"`` — added in float32 to W read from
 the base's memory map, cast to the output dtype (bf16 stays bf16) and written to its place in its
-output shard (``jaxmerge.pool.export.StreamWriter``); ``fmt="peft"`` writes the window's factors
+output shard (``jaxmerge.pool.shards.StreamWriter``); ``fmt="peft"`` writes the window's factors
 (exact, or the best rank-r). Every other tensor of the base is copied in row blocks. Peak memory: one
 window of factors and deltas, one W, one row block — independent of the number of layers (tested in a
 subprocess on a generated multi-layer checkpoint).
@@ -37,8 +37,8 @@ from ..config import MODULES, ModelConfig
 from ..errors import UserError
 from ..hf_write import SHARD_BYTES
 from ..params import abstract_params, hf_key, resolve
-from ..pool.export import (INDEX, Checkpoint, Plan, StreamWriter, copy_side_files, layer_folds, pad_rank,
-                           peft_factors, peft_plan, weight_key, write_peft_config)
+from ..pool.export import layer_folds, pad_rank, peft_factors, peft_plan, write_peft_config
+from ..pool.shards import INDEX, Checkpoint, Plan, StreamWriter, copy_side_files, weight_key
 from ..pool.filters import FilterPolicy
 from ..pool.load import build_pool, inspect_sources
 from ..pool.peft_write import lora_key
